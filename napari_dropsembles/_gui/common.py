@@ -1,0 +1,184 @@
+"""Pieces shared by the widgets: run panel (Run/Cancel, progress, status, loss curve), layer pickers,
+the list of known priors, notifications and napari's activity-dock progress."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+from psygnal import Signal
+from qtpy.QtCore import QPointF
+from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QVBoxLayout, QWidget
+
+from .state import RunState, RunStatus
+
+WARN_STYLE = "color: #e8a33d;"
+ERROR_STYLE = "color: #e5534b;"
+
+
+def is_deleted(widget: QWidget) -> bool:
+    """True when the Qt side of ``widget`` is gone (its Python wrapper may outlive it)."""
+    try:
+        widget.objectName()
+    except RuntimeError:
+        return True
+    return False
+
+
+# --------------------------------------------------------------------------- notifications
+
+
+def notify_error(message: str) -> None:
+    from napari.utils.notifications import show_error
+
+    show_error(message)
+
+
+def notify_warning(message: str) -> None:
+    from napari.utils.notifications import show_warning
+
+    show_warning(message)
+
+
+def notify_info(message: str) -> None:
+    from napari.utils.notifications import show_info
+
+    show_info(message)
+
+
+class ActivityProgress:
+    """A bar in napari's activity dock (``napari.utils.progress``) driven by run fractions."""
+
+    STEPS = 1000
+
+    def __init__(self, description: str) -> None:
+        from napari.utils import progress
+
+        self._bar = progress(total=self.STEPS, desc=description)
+        self._n = 0
+
+    def update(self, fraction: float, message: str | None = None) -> None:
+        n = int(max(0.0, min(1.0, fraction)) * self.STEPS)
+        if n > self._n:
+            self._bar.update(n - self._n)
+            self._n = n
+        if message:
+            self._bar.set_description(message)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+# --------------------------------------------------------------------------- priors
+
+
+class KnownPriors:
+    """Prior files this session knows of (trained or browsed); widgets list them next to the bundled one."""
+
+    changed = Signal(object)  # the path just added
+
+    def __init__(self) -> None:
+        self._paths: list[Path] = []
+
+    @property
+    def paths(self) -> list[Path]:
+        return list(self._paths)
+
+    def add(self, path: str | Path) -> Path:
+        path = Path(path).expanduser().resolve()
+        if path not in self._paths:
+            self._paths.append(path)
+        self.changed.emit(path)
+        return path
+
+
+known_priors = KnownPriors()
+
+
+# --------------------------------------------------------------------------- loss curve
+
+
+class LossCurve(QWidget):
+    """A small live plot of the training loss (log scale), drawn with QPainter: cheap to repaint."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.losses: list[float] = []
+        self.setMinimumHeight(56)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.setToolTip("training loss (BCE + EWC), log scale")
+
+    def set_losses(self, losses: list[float]) -> None:
+        if len(losses) != len(self.losses) or losses[-1:] != self.losses[-1:]:
+            self.losses = list(losses)
+            self.update()
+
+    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt name)
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        rect = self.rect().adjusted(2, 2, -2, -14)
+        painter.setPen(QPen(QColor(128, 128, 128, 90)))
+        painter.drawRect(rect)
+        values = [math.log10(v) for v in self.losses if v > 0 and math.isfinite(v)]
+        if len(values) >= 2:
+            lo, hi = min(values), max(values)
+            span = (hi - lo) or 1.0
+            n = len(values)
+            points = QPolygonF(
+                [
+                    QPointF(rect.left() + rect.width() * i / (n - 1), rect.bottom() - rect.height() * (v - lo) / span)
+                    for i, v in enumerate(values)
+                ]
+            )
+            painter.setPen(QPen(QColor("#e8a33d"), 1.5))
+            painter.drawPolyline(points)
+        painter.setPen(QPen(QColor(160, 160, 160)))
+        text = f"loss {self.losses[-1]:.4f} ({len(self.losses)} steps)" if self.losses else "loss: -"
+        painter.drawText(rect.left(), self.rect().bottom() - 1, text)
+        painter.end()
+
+
+# --------------------------------------------------------------------------- run panel
+
+
+class RunPanel(QWidget):
+    """Run/Cancel button, progress bar and status line that follow one :class:`RunStatus`."""
+
+    def __init__(
+        self, status: RunStatus, on_run: Callable[[], None], *, run_text: str = "Run", loss_curve: bool = True
+    ) -> None:
+        super().__init__()
+        self.status = status
+        self.run_text = run_text
+        self.button = QPushButton(run_text)
+        self.button.clicked.connect(on_run)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setTextVisible(False)
+        self.message = QLabel("ready")
+        self.message.setWordWrap(True)
+        self.loss_curve = LossCurve() if loss_curve else None
+        row = QHBoxLayout()
+        row.addWidget(self.button)
+        row.addWidget(self.progress_bar, 1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(row)
+        layout.addWidget(self.message)
+        if self.loss_curve is not None:
+            layout.addWidget(self.loss_curve)
+        status.changed.connect(self.render)
+        self.render()
+
+    def render(self) -> None:
+        status = self.status
+        self.button.setText("Cancel" if status.running else self.run_text)
+        self.progress_bar.setValue(int(status.fraction * 1000))
+        self.message.setText(status.message)
+        self.message.setStyleSheet(ERROR_STYLE if status.state is RunState.FAILED else "")
+        if self.loss_curve is not None:
+            self.loss_curve.set_losses(status.losses)

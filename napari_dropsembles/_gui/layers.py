@@ -1,0 +1,376 @@
+"""napari layers <-> core volumes and results, as plain data (no Qt, no viewer needed).
+
+World coordinates are the same on both sides: a layer's data-to-world transform (scale,
+translate, rotate, shear, affine) is the affine of the :class:`Volume` it becomes, and every
+result carries its frame back in world mm. Result layers are tagged in ``metadata`` with the
+input they came from and their role, so a re-run replaces them instead of adding copies.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Generator, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..core.errors import InputError
+from ..core.mesh import Mesh
+from ..core.structures import StructureSet, combine_structures
+from ..core.volume import Volume
+
+TAG = "dropsembles"  # metadata key of result layers: {"role": ..., "source": ..., "source_name": ...}
+RESULT_ROLES = ("mean", "thresholded", "variance", "mesh", "members")
+ROLE_NAMES = {
+    "mean": "mean occupancy",
+    "thresholded": "thresholded",
+    "variance": "variance",
+    "mesh": "mesh",
+    "members": "member mesh",
+    "preview": "preview",
+}
+LayerDataTuple = tuple  # (data, kwargs, layer_type), napari's convention
+AFTER_CREATION = {"thresholded": {"contour": 1}}  # set on the layer (not constructor arguments in napari 0.9)
+
+
+# --------------------------------------------------------------------------- frames
+
+
+def world_affine_from_state(state: Mapping) -> np.ndarray:
+    """4x4 data index -> world of the last 3 axes of a layer state (napari's ``_get_state()`` keys).
+
+    napari maps data to world as ``affine @ (translate + rotate @ shear @ scale)``.
+    """
+    from napari.utils.transforms import Affine
+
+    ndim = len(state.get("scale", (1.0, 1.0, 1.0)))
+    physical = Affine(
+        scale=state.get("scale", (1.0,) * ndim),
+        translate=state.get("translate", (0.0,) * ndim),
+        rotate=state.get("rotate"),
+        shear=state.get("shear"),
+        ndim=ndim,
+    ).affine_matrix
+    extra = state.get("affine")
+    if extra is not None:
+        extra = extra.affine_matrix if hasattr(extra, "affine_matrix") else np.asarray(extra, dtype=float)
+        physical = extra @ physical
+    full = np.asarray(physical, dtype=float)
+    if full.shape[0] > 4:  # keep the last three (spatial) axes
+        keep = list(range(full.shape[0] - 4, full.shape[0]))
+        full = full[np.ix_(keep, keep)]
+    return full
+
+
+def layer_state(layer) -> dict:
+    """The transform part of a layer's state from its public attributes."""
+    return {
+        "scale": tuple(layer.scale),
+        "translate": tuple(layer.translate),
+        "rotate": np.asarray(layer.rotate),
+        "shear": np.asarray(layer.shear),
+        "affine": np.asarray(layer.affine.affine_matrix),
+    }
+
+
+def _transform_kwargs(state: Mapping) -> dict:
+    """napari keyword arguments that give another layer the same transform (trivial parts left out)."""
+    ndim = len(state["scale"])
+    kwargs = {
+        "scale": tuple(float(s) for s in state["scale"]),
+        "translate": tuple(float(t) for t in state["translate"]),
+    }
+    rotate = np.asarray(state.get("rotate", np.eye(ndim)), dtype=float)
+    if rotate.shape == (ndim, ndim) and not np.allclose(rotate, np.eye(ndim)):
+        kwargs["rotate"] = rotate
+    shear = np.asarray(state.get("shear", 0.0), dtype=float)
+    if shear.size and not (np.allclose(shear, 0) or (shear.shape == (ndim, ndim) and np.allclose(shear, np.eye(ndim)))):
+        kwargs["shear"] = shear
+    affine = np.asarray(state.get("affine", np.eye(ndim + 1)), dtype=float)
+    if not np.allclose(affine, np.eye(affine.shape[0])):
+        kwargs["affine"] = affine
+    return kwargs
+
+
+@dataclass(frozen=True, eq=False)
+class InputFrame:
+    """What results need to know of their input layer: name, identity and data -> world transform."""
+
+    name: str
+    source_id: str
+    world_affine: np.ndarray = field(repr=False)  # 4x4, data index -> world mm
+    transform: dict = field(repr=False)  # napari kwargs giving a layer the input's transform
+
+    @classmethod
+    def from_layer(cls, layer) -> InputFrame:
+        state = layer_state(layer)
+        source_id = str(getattr(layer, "unique_id", None) or id(layer))
+        return cls(layer.name, source_id, world_affine_from_state(state), _transform_kwargs(state))
+
+    @classmethod
+    def from_volume(cls, volume: Volume, name: str) -> InputFrame:
+        """For results of a file (no layer): the volume's own frame."""
+        frame = volume.napari_frame()
+        state = {"scale": frame.get("scale", (1.0, 1.0, 1.0)), "translate": frame.get("translate", (0.0, 0.0, 0.0))}
+        if "affine" in frame:
+            state["affine"] = frame["affine"]
+        source_id = f"file:{name}:{uuid.uuid4().hex[:8]}"
+        return cls(name, source_id, np.asarray(volume.affine, float), _transform_kwargs(state))
+
+    def world_to_data(self, points_mm: np.ndarray) -> np.ndarray:
+        inverse = np.linalg.inv(self.world_affine)
+        return np.asarray(points_mm, dtype=float) @ inverse[:3, :3].T + inverse[:3, 3]
+
+
+def layer_to_volume(layer) -> Volume:
+    """A copy of a 3D Image or Labels layer's data with its world affine; clear errors otherwise."""
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    if getattr(layer, "rgb", False):
+        raise InputError(f"layer '{layer.name}' is an RGB image; the reconstruction needs one 3D channel")
+    data = np.array(data, copy=True)
+    if data.ndim != 3:
+        raise InputError(
+            f"layer '{layer.name}' holds {data.ndim}D data of shape {tuple(data.shape)}; "
+            "the reconstruction needs one 3D volume (split channels or time points into separate layers first)"
+        )
+    if data.size == 0:
+        raise InputError(f"layer '{layer.name}' is empty (shape {tuple(data.shape)})")
+    return Volume(data, world_affine_from_state(layer_state(layer)))
+
+
+# --------------------------------------------------------------------------- results -> layer data
+
+
+def _metadata(frame: InputFrame, role: str, **extra) -> dict:
+    return {TAG: {"role": role, "source": frame.source_id, "source_name": frame.name, **extra}}
+
+
+def _name(frame: InputFrame, role: str) -> str:
+    return f"{frame.name} {ROLE_NAMES[role]}"
+
+
+def variance_limits(variance: Volume) -> tuple[float, float]:
+    """Contrast limits shared by the variance heatmap and the mesh colours."""
+    data = np.asarray(variance.data, dtype=np.float32)
+    finite = data[np.isfinite(data)]
+    top = float(np.percentile(finite, 99.9)) if finite.size else 0.0
+    return 0.0, max(top, 1e-6)
+
+
+def surface_data(mesh: Mesh, frame: InputFrame) -> tuple:
+    """(vertices in the input's data coordinates, faces, values); a degenerate triangle when empty."""
+    if mesh.is_empty:
+        centre = frame.world_to_data(frame.world_affine[:3, 3][None])  # any point: the input's origin
+        return np.repeat(centre, 3, axis=0).astype(np.float32), np.array([[0, 1, 2]], np.int32), np.zeros(3, np.float32)
+    values = mesh.vertex_values if mesh.vertex_values is not None else np.zeros(len(mesh.vertices_mm), np.float32)
+    return frame.world_to_data(mesh.vertices_mm).astype(np.float32), mesh.faces, values.astype(np.float32)
+
+
+def mesh_layer_data(mesh: Mesh, frame: InputFrame, limits: tuple[float, float], role: str = "mesh", **extra) -> tuple:
+    """A Surface in the input's own transform, coloured by its vertex values (variance)."""
+    kwargs = {
+        "name": _name(frame, role),
+        "colormap": "inferno",
+        "contrast_limits": limits,
+        "shading": "smooth",
+        "metadata": _metadata(frame, role, empty=mesh.is_empty, **extra),
+        **frame.transform,
+    }
+    if role == "members":
+        kwargs.update(opacity=0.6, visible=True)
+    return surface_data(mesh, frame), kwargs, "surface"
+
+
+def as_structures(result) -> StructureSet:
+    """A Reconstruction is a set of one structure (label 1)."""
+    return result if isinstance(result, StructureSet) else combine_structures({1: result})
+
+
+def reconstruction_to_layer_data(
+    result, input_layer, *, threshold: float | None = None, member: int | None = None
+) -> list[LayerDataTuple]:
+    """Result layers of a Reconstruction or StructureSet, aligned with ``input_layer`` in world mm.
+
+    ``mean occupancy`` (Image, iso), ``thresholded`` (Labels), ``variance`` (Image, inferno,
+    additive), ``mesh`` (Surface, values = variance, same contrast limits as the heatmap) and,
+    when ``member`` is given, that member's mesh.
+    """
+    structures = as_structures(result)
+    frame = input_layer if isinstance(input_layer, InputFrame) else InputFrame.from_layer(input_layer)
+    level = structures.threshold if threshold is None else float(threshold)
+    extra = {"labels": structures.labels, "members": structures.members, "device": structures.device}
+    layers = maps_to_layer_data(
+        structures.mean, structures.variance, structures.remesh(level), frame, level,
+        thresholded=structures.label_volume(level), **extra,
+    )
+    if member is not None:
+        limits = variance_limits(structures.variance)
+        layers.append(mesh_layer_data(structures.member_mesh(member, level), frame, limits, "members", member=member))
+    return layers
+
+
+def maps_to_layer_data(
+    mean: Volume,
+    variance: Volume,
+    mesh: Mesh,
+    frame: InputFrame,
+    threshold: float,
+    *,
+    thresholded: Volume | None = None,
+    **extra,
+) -> list[LayerDataTuple]:
+    """Layer data of a mean / variance pair and its mesh (also used for saved result folders)."""
+    limits = variance_limits(variance)
+    if thresholded is None:
+        thresholded = mean.with_data((np.asarray(mean.data) >= threshold).astype(np.uint8))
+    extra = {"threshold": threshold, **extra}
+    return [
+        (
+            np.asarray(mean.data, np.float32),
+            {
+                "name": _name(frame, "mean"),
+                "colormap": "gray",
+                "contrast_limits": (0.0, 1.0),
+                "rendering": "iso",
+                "iso_threshold": threshold,
+                "blending": "additive",
+                "opacity": 0.7,
+                "metadata": _metadata(frame, "mean", **extra),
+                **mean.napari_frame(),
+            },
+            "image",
+        ),
+        (
+            np.asarray(thresholded.data),
+            {
+                "name": _name(frame, "thresholded"),
+                "opacity": 0.7,
+                "metadata": _metadata(frame, "thresholded", **extra),
+                **thresholded.napari_frame(),
+            },
+            "labels",
+        ),
+        (
+            np.asarray(variance.data, np.float32),
+            {
+                "name": _name(frame, "variance"),
+                "colormap": "inferno",
+                "blending": "additive",
+                "contrast_limits": limits,
+                "metadata": _metadata(frame, "variance", **extra),
+                **variance.napari_frame(),
+            },
+            "image",
+        ),
+        mesh_layer_data(mesh, frame, limits, **extra),
+    ]
+
+
+def preview_layer_data(preview: Volume, frame: InputFrame, threshold: float) -> LayerDataTuple:
+    """The coarse live mean occupancy shown while fine-tuning (removed when the run ends)."""
+    return (
+        np.asarray(preview.data, np.float32),
+        {
+            "name": _name(frame, "preview"),
+            "colormap": "cyan",
+            "contrast_limits": (0.0, 1.0),
+            "rendering": "iso",
+            "iso_threshold": threshold,
+            "blending": "additive",
+            "opacity": 0.6,
+            "metadata": _metadata(frame, "preview"),
+            **preview.napari_frame(),
+        },
+        "image",
+    )
+
+
+# --------------------------------------------------------------------------- layers in a viewer
+
+
+def role_of(layer) -> str | None:
+    tag = (getattr(layer, "metadata", None) or {}).get(TAG)
+    return tag.get("role") if isinstance(tag, dict) else None
+
+
+def result_layers(layers: Iterable, source_id: str) -> dict[str, object]:
+    """role -> layer of the results (and preview) made from the input ``source_id``."""
+    found = {}
+    for layer in layers:
+        tag = (getattr(layer, "metadata", None) or {}).get(TAG)
+        if isinstance(tag, dict) and tag.get("source") == source_id:
+            found[tag.get("role")] = layer
+    return found
+
+
+IN_PLACE = ("scale", "translate", "contrast_limits", "iso_threshold", "name")  # refreshed on a re-run
+PREVIEW_TO_MEAN = ("colormap", "opacity", "blending", "rendering")
+
+
+def update_in_place(layer, data, kwargs: dict, layer_type: str, keys: tuple[str, ...] = IN_PLACE) -> bool:
+    """Give an existing result layer new data and frame; keeps the user's display choices.
+
+    Removing a layer makes napari run a full garbage collection (seconds with torch loaded) and
+    adding one builds its visual: updating in place keeps the viewer responsive on re-runs.
+    """
+    if layer._type_string != layer_type or any(key in kwargs for key in ("affine", "rotate", "shear")):
+        return False
+    if getattr(layer, "affine", None) is not None and not np.allclose(layer.affine.affine_matrix, np.eye(4)):
+        return False
+    layer.data = data
+    for key in keys:
+        if key in kwargs:
+            setattr(layer, key, kwargs[key])
+    layer.metadata = dict(kwargs["metadata"])
+    return True
+
+
+def place_result_layers(viewer, source_id: str, layer_data: list[LayerDataTuple]) -> Generator[object, None, list]:
+    """Results of ``source_id`` take the place of the previous ones (updated in place when possible).
+
+    Yields after each layer so that a caller can let the event loop breathe in between.
+    """
+    from napari.layers import Layer
+
+    existing = result_layers(viewer.layers, source_id)
+    preview = existing.pop("preview", None)
+    placed = []
+    for data, kwargs, layer_type in layer_data:
+        role = kwargs["metadata"][TAG]["role"]
+        old = existing.pop(role, None)
+        if old is not None and old in viewer.layers and update_in_place(old, data, kwargs, layer_type):
+            placed.append(old)
+            yield old
+            continue
+        # the live preview becomes the mean (removing a layer costs napari a full garbage collection)
+        reuse_preview = role == "mean" and old is None and preview is not None and preview in viewer.layers
+        if reuse_preview and update_in_place(preview, data, kwargs, layer_type, IN_PLACE + PREVIEW_TO_MEAN):
+            placed.append(preview)
+            preview = None
+            yield placed[-1]
+            continue
+        layer = Layer.create(data, dict(kwargs), layer_type)
+        for name, value in AFTER_CREATION.get(role, {}).items():
+            setattr(layer, name, value)
+        if old is not None and old in viewer.layers:
+            index = viewer.layers.index(old)
+            viewer.layers.remove(old)
+            viewer.layers.insert(index, layer)
+        else:
+            viewer.layers.append(layer)
+        placed.append(layer)
+        yield layer
+    for stale in [*existing.values(), preview]:
+        if stale is not None and stale in viewer.layers:
+            viewer.layers.remove(stale)
+    return placed
+
+
+def replace_result_layers(viewer, source_id: str, layer_data: list[LayerDataTuple]) -> list:
+    """:func:`place_result_layers` in one go."""
+    steps = place_result_layers(viewer, source_id, layer_data)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value

@@ -1,0 +1,171 @@
+"""The Train-a-prior widget: pretrain on procedural vertebrae or a folder of dense masks, in the background."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, SpinBox
+from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
+
+from ..core.config import ModelConfig
+from ..core.device import DEVICE_CHOICES
+from ..core.errors import DropsemblesError, InputError
+from ..core.pretrain import PretrainConfig
+from .common import ActivityProgress, RunPanel, known_priors, notify_error, notify_info
+from .state import RunState, RunStatus
+from .tasks import PretrainOutput, PretrainRequest, pretrain_task
+from .workers import Outcome, Task
+
+PROCEDURAL = "procedural"
+FOLDER = "folder"
+
+
+class TrainPriorWidget(QWidget):
+    """Pretrain a prior (with its EWC Fisher) and make it selectable in the Reconstruct widget."""
+
+    def __init__(self, napari_viewer=None) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.status = RunStatus()
+        self.sync: bool | None = None
+        self.last_output: PretrainOutput | None = None
+        self._task: Task | None = None
+        self._holder = _Holder()
+        self.base_model = ModelConfig()
+        defaults, model = PretrainConfig(), ModelConfig()
+        self.source = ComboBox(
+            label="Training data",
+            choices=[("procedural vertebrae", PROCEDURAL), ("folder of dense masks", FOLDER)],
+            value=PROCEDURAL,
+        )
+        self.data_folder = FileEdit(label="Mask folder", mode="d", tooltip="dense 3D masks (.nii.gz, .tif, .npy)")
+        self.steps = SpinBox(label="Steps", value=defaults.steps, min=1, max=1_000_000)
+        self.batch_size = SpinBox(label="Batch size", value=defaults.batch_size, min=1, max=256)
+        self.shapes = SpinBox(label="Shape pool (0 = new each time)", value=defaults.shapes, min=0, max=100_000)
+        self.models = SpinBox(label="Networks (deep ensemble: M)", value=1, min=1, max=16)
+        self.dropout = FloatSpinBox(label="Dropout", value=model.dropout, min=0.01, max=0.9, step=0.05)
+        self.grid_size = SpinBox(label="Encoder grid", value=model.grid_size, min=8, max=128)
+        self.hidden = SpinBox(label="Decoder width", value=model.hidden, min=4, max=1024)
+        self.blocks = SpinBox(label="Decoder blocks", value=model.blocks, min=1, max=16)
+        self.fisher_samples = SpinBox(label="Fisher samples", value=defaults.fisher_samples, min=1, max=10_000)
+        self.seed = SpinBox(label="Seed", value=defaults.seed, min=0, max=2**31 - 1)
+        self.device = ComboBox(label="Device", choices=list(DEVICE_CHOICES), value="auto")
+        self.out_path = FileEdit(
+            label="Save as", mode="w", filter="*.safetensors", value=str(Path.home() / "dropsembles_prior.safetensors")
+        )
+        self.form = Container(
+            widgets=[
+                self.source, self.data_folder, self.steps, self.batch_size, self.shapes, self.models, self.dropout,
+                self.grid_size, self.hidden, self.blocks, self.fisher_samples, self.seed, self.device, self.out_path,
+            ],
+            labels=True,
+        )
+        self.data_folder.visible = False
+        self.source.changed.connect(lambda *_: setattr(self.data_folder, "visible", self.source.value == FOLDER))
+        self.run_panel = RunPanel(self.status, self.run_or_cancel, run_text="Train")
+        self.info = QLabel("")
+        self.info.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.form.native)
+        layout.addWidget(self.run_panel)
+        layout.addWidget(self.info)
+        layout.addStretch(1)
+        self.destroyed.connect(partial(_shutdown, self._holder))
+
+    def model_config(self) -> ModelConfig:
+        """The architecture: ``base_model`` (encoder widths etc.) with the form's grid, width, blocks, dropout."""
+        return replace(
+            self.base_model, grid_size=int(self.grid_size.value), hidden=int(self.hidden.value),
+            blocks=int(self.blocks.value), dropout=float(self.dropout.value),
+        )
+
+    def request(self) -> PretrainRequest:
+        folder = None
+        if self.source.value == FOLDER:
+            folder = Path(self.data_folder.value)
+            if not folder.is_dir():
+                raise InputError(f"choose a folder of dense masks (got {folder})")
+        config = PretrainConfig(
+            steps=int(self.steps.value), batch_size=int(self.batch_size.value), shapes=int(self.shapes.value),
+            fisher_samples=int(self.fisher_samples.value), seed=int(self.seed.value),
+        )
+        return PretrainRequest(
+            out_path=Path(self.out_path.value), model_config=self.model_config(), config=config,
+            models=int(self.models.value), data_folder=folder, device=self.device.value,
+        )
+
+    def run_or_cancel(self) -> None:
+        if self.status.running:
+            self.cancel()
+        else:
+            self.run()
+
+    def run(self) -> Task | None:
+        if self.status.running:
+            return self._task
+        try:
+            request = self.request()
+        except (DropsemblesError, TypeError, ValueError) as error:
+            self._failed(Outcome(RunState.FAILED, error=error))
+            return None
+        self.status.start("pretraining")
+        self._holder.activity = ActivityProgress("Dropsembles: train a prior")
+        self._task = self._holder.task = Task(
+            partial(pretrain_task, request), on_progress=self._on_progress, on_finished=self._on_finished,
+            sync=self.sync,
+        )
+        self._task.start()
+        return self._task
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self.status.message = "cancelling…"
+            self.status.changed.emit()
+
+    @property
+    def task(self) -> Task | None:
+        return self._task
+
+    def _on_progress(self, progress) -> None:
+        self.status.report(progress)
+        if self._holder.activity is not None:
+            self._holder.activity.update(self.status.fraction, self.status.message)
+
+    def _on_finished(self, outcome: Outcome) -> None:
+        self._holder.close_activity()
+        if outcome.state is RunState.DONE:
+            output: PretrainOutput = outcome.value
+            self.last_output = output
+            known_priors.add(output.path)
+            wall = output.training.get("wall_time_s", "?")
+            self.info.setText(f"saved {output.path} ({wall} s on {output.device}); selectable in Reconstruct")
+            self.status.finish(RunState.DONE, f"prior saved: {output.path.name}")
+            notify_info(f"Dropsembles: prior saved to {output.path}")
+        elif outcome.state is RunState.CANCELLED:
+            self.status.finish(RunState.CANCELLED, "cancelled: nothing was saved")
+        else:
+            self._failed(outcome)
+
+    def _failed(self, outcome: Outcome) -> None:
+        self.status.finish(RunState.FAILED, outcome.message, outcome.error)
+        notify_error(f"Dropsembles: {outcome.message}")
+
+
+class _Holder:
+    def __init__(self) -> None:
+        self.task: Task | None = None
+        self.activity: ActivityProgress | None = None
+
+    def close_activity(self) -> None:
+        if self.activity is not None:
+            self.activity.close()
+            self.activity = None
+
+
+def _shutdown(holder: _Holder, *_args) -> None:
+    if holder.task is not None:
+        holder.task.detach()
+    holder.close_activity()

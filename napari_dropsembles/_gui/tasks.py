@@ -1,0 +1,317 @@
+"""What the widgets' workers run: core generators composed into one job each (no Qt, no viewer).
+
+Every task is ``task(request, cancel) -> Generator[Progress, None, output]``; the widget builds
+the request from its fields on the main thread, a :class:`~.workers.Task` runs it, and the
+output (including ready-made layer data) comes back to the main thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..core.checkpoint import Prior, load_prior, save_prior
+from ..core.config import ModelConfig
+from ..core.device import resolve_device
+from ..core.errors import CheckpointError, InputError
+from ..core.io import binary_mask_from_volume, ensure_writable_dir, list_labels
+from ..core.mesh import sample_volume
+from ..core.metrics import evaluate_probabilities, reliability_curve, surface_band
+from ..core.paths import bundled_prior_path
+from ..core.pipeline import ReconstructionConfig
+from ..core.pretrain import PretrainConfig, pretrain_steps
+from ..core.progress import CancelFlag, Progress, check_cancel
+from ..core.structures import StructureRow, StructureSet, reconstruct_structures_steps, structure_masks
+from ..core.volume import Volume
+from .layers import InputFrame, reconstruction_to_layer_data, surface_data
+
+EACH_LABEL = "each"  # label choice: every label reconstructed separately (per-structure table)
+ALL_LABELS = "all"  # label choice: all labels merged into one object
+
+# --------------------------------------------------------------------------- threads
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def one_core_for_the_viewer() -> Iterator[None]:
+    """On the CPU, torch uses all cores but one while a task runs: the viewer stays responsive, and
+    torch's spinning worker threads do not fight the GUI thread for the same cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(before, available_cores() - 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- priors
+
+_PRIORS: dict[tuple, Prior] = {}
+_PRIORS_LOCK = threading.Lock()
+
+
+def load_prior_cached(path: str | Path | Prior | None) -> Prior:
+    """A prior from a file (the bundled one for None), loaded once per file version."""
+    if isinstance(path, Prior):
+        return path
+    if path is None:
+        path = bundled_prior_path()
+        if not path.is_file():
+            raise CheckpointError(
+                f"the bundled prior is not installed ({path.name} not found); choose a .safetensors prior "
+                "with 'Browse' or train one in 'Train a prior'"
+            )
+    path = Path(path).expanduser().resolve()
+    try:
+        stat = path.stat()
+    except OSError:
+        raise CheckpointError(f"prior file not found: {path}") from None
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    with _PRIORS_LOCK:
+        if key not in _PRIORS:
+            _PRIORS[key] = load_prior(path)
+        return _PRIORS[key]
+
+
+# --------------------------------------------------------------------------- reconstruct
+
+
+@dataclass(frozen=True, eq=False)
+class ReconstructRequest:
+    volume: Volume  # the input layer's data (a copy) with its world affine
+    frame: InputFrame
+    prior: str | Path | Prior | None  # None: the bundled prior
+    config: ReconstructionConfig
+    selection: int | str | None = None  # None (binary input), a label, ALL_LABELS or EACH_LABEL
+    image_threshold: float | None = None  # Image input: voxels >= this are the object
+    member: int | None = None  # show this member's mesh too
+
+
+@dataclass(eq=False)
+class ReconstructOutput:
+    structures: StructureSet
+    layer_data: list
+    rows: list[StructureRow]
+    frame: InputFrame
+    threshold: float
+    elapsed_s: float
+
+
+def _is_continuous(data: np.ndarray) -> bool:
+    if data.dtype.kind != "f":
+        return False
+    sample = data.reshape(-1)[:: max(1, data.size // 1_000_000)]
+    return not np.array_equal(sample, np.round(sample))
+
+
+def observation_masks(
+    volume: Volume, name: str, selection: int | str | None, image_threshold: float | None
+) -> dict[int, Volume]:
+    """label -> binary mask to reconstruct, with messages that name the widget's fields."""
+    data = np.asarray(volume.data)
+    finite = data.dtype.kind != "f" or bool(np.isfinite(data).all())
+    if image_threshold is not None:
+        return {1: binary_mask_from_volume(volume, threshold=image_threshold)}
+    if finite and _is_continuous(data):
+        raise InputError(
+            f"'{name}' holds continuous values in [{float(data.min()):g}, {float(data.max()):g}], not a mask: "
+            "tick 'Threshold image' and choose a level (voxels at or above it become the object)"
+        )
+    if selection == EACH_LABEL:
+        if not finite:
+            binary_mask_from_volume(volume, label="all")  # raises the NaN message
+        return structure_masks(volume)
+    if selection == ALL_LABELS:
+        return {1: binary_mask_from_volume(volume, label="all")}
+    if selection is None:
+        labels = list_labels(volume) if finite else []
+        if len(labels) > 1:
+            shown = labels if len(labels) <= 12 else [*labels[:12], "..."]
+            raise InputError(
+                f"'{name}' has {len(labels)} labels {shown}: choose one in 'Label', "
+                "or 'all labels merged', or 'each label separately'"
+            )
+        return {1: binary_mask_from_volume(volume)}
+    return {int(selection): binary_mask_from_volume(volume, label=int(selection))}
+
+
+def reconstruct_task(request: ReconstructRequest, cancel: CancelFlag) -> Generator[Progress, None, ReconstructOutput]:
+    started = time.perf_counter()
+    yield Progress("prepare", 0, 1, message="checking the input")
+    masks = observation_masks(request.volume, request.frame.name, request.selection, request.image_threshold)
+    prior = load_prior_cached(request.prior)
+    check_cancel(cancel)
+    with one_core_for_the_viewer():
+        structures = yield from reconstruct_structures_steps(masks, prior, request.config, cancel=cancel)
+    yield Progress("layers", 0, 1, message="building layers")
+    threshold = request.config.threshold
+    member = None if request.member is None else min(int(request.member), structures.members - 1)
+    layer_data = reconstruction_to_layer_data(structures, request.frame, threshold=threshold, member=member)
+    return ReconstructOutput(
+        structures, layer_data, structures.table(threshold), request.frame, threshold, time.perf_counter() - started
+    )
+
+
+@dataclass(eq=False)
+class RemeshOutput:
+    threshold: float
+    step_size: int
+    mesh: tuple | None  # Surface data (vertices in the input's data coordinates, faces, values)
+    labels: np.ndarray | None  # thresholded labels (full resolution only)
+    member: tuple | None
+    empty: bool
+    elapsed_s: float
+    rows: list[StructureRow] | None = None  # the structure table at this threshold (full resolution only)
+
+
+def remesh_task(
+    structures: StructureSet,
+    frame: InputFrame,
+    threshold: float,
+    *,
+    step_size: int = 1,
+    member: int | None = None,
+    mesh: bool = True,
+    rows: bool = False,
+) -> Generator[Progress, None, RemeshOutput]:
+    """Marching cubes on the cached means at a new threshold: no network query."""
+    started = time.perf_counter()
+    yield Progress("mesh", 0, 1, message=f"threshold {threshold:.2f}")
+    surface, empty = None, False
+    if mesh:
+        extracted = structures.remesh(threshold, step_size=step_size)
+        surface, empty = surface_data(extracted, frame), extracted.is_empty
+    labels = structures.label_volume(threshold).data if step_size == 1 and mesh else None
+    member_data = None
+    if member is not None and step_size == 1:
+        member_data = surface_data(structures.member_mesh(member, threshold), frame)
+    table = structures.table(threshold) if rows else None
+    return RemeshOutput(threshold, step_size, surface, labels, member_data, empty, time.perf_counter() - started, table)
+
+
+# --------------------------------------------------------------------------- pretrain
+
+
+@dataclass(frozen=True)
+class PretrainRequest:
+    out_path: Path
+    model_config: ModelConfig = field(default_factory=ModelConfig)
+    config: PretrainConfig = field(default_factory=PretrainConfig)
+    models: int = 1
+    data_folder: Path | None = None  # None: the procedural vertebra generator
+    device: str = "auto"
+
+
+@dataclass(eq=False)
+class PretrainOutput:
+    path: Path
+    training: dict
+    device: str
+
+
+def pretrain_task(request: PretrainRequest, cancel: CancelFlag) -> Generator[Progress, None, PretrainOutput]:
+    out = Path(request.out_path).expanduser()
+    if not out.name.endswith(".safetensors"):
+        raise InputError(f"the prior file must end in .safetensors, got {out.name or out}")
+    ensure_writable_dir(out.parent)
+    device = resolve_device(request.device)
+    yield Progress("prepare", 0, 1, message="preparing the training data")
+    shapes = None
+    if request.data_folder is not None:
+        from ..cli import _mask_shapes
+
+        shapes = _mask_shapes(Path(request.data_folder))
+    config = request.config
+    fisher_batches = max(1, config.fisher_samples // config.batch_size)
+    per_model = config.steps + fisher_batches
+    total = per_model * request.models
+    steps = pretrain_steps(
+        request.model_config, config, models=request.models, shapes=shapes, device=device, cancel=cancel
+    )
+    with one_core_for_the_viewer():
+        while True:
+            try:
+                progress = next(steps)
+            except StopIteration as done:
+                prior = done.value
+                break
+            model = progress.extra.get("model", 0)
+            within = progress.step if progress.phase == "pretrain" else config.steps + progress.step
+            progress.extra["overall"] = (model * per_model + within) / total
+            yield progress
+    check_cancel(cancel)
+    prior.training["saved_from"] = "napari-dropsembles Train a prior widget"
+    save_prior(prior, out)
+    return PretrainOutput(out, prior.training, str(device))
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+@dataclass(frozen=True, eq=False)
+class EvaluateRequest:
+    prediction: Volume  # foreground probabilities (e.g. the mean occupancy layer)
+    ground_truth: Volume  # a mask or label volume
+    uncertainty: Volume | None = None  # e.g. the variance layer; None: entropy of the prediction
+    threshold: float = 0.5
+
+
+@dataclass(eq=False)
+class EvaluateOutput:
+    metrics: dict[str, float]
+    curve: dict  # reliability over all voxels of the ground truth grid
+    curve_band: dict  # reliability within 2 voxels of the true surface
+    voxels: int
+    resampled: bool
+
+
+def resample_onto(source: Volume, target: Volume, slab: int = 16) -> tuple[np.ndarray, bool]:
+    """``source`` on ``target``'s grid (trilinear in world mm, by slabs); unchanged when the grids agree."""
+    if source.shape == target.shape and np.allclose(source.affine, target.affine, atol=1e-5):
+        return np.asarray(source.data, np.float64), False
+    out = np.empty(target.shape, np.float32)
+    rest = np.indices(target.shape[1:]).reshape(2, -1).T
+    for start in range(0, target.shape[0], slab):
+        rows = np.arange(start, min(start + slab, target.shape[0]))
+        index = np.concatenate([np.repeat(rows, len(rest))[:, None], np.tile(rest, (len(rows), 1))], axis=1)
+        out[rows] = sample_volume(source, target.index_to_world(index)).reshape(len(rows), *target.shape[1:])
+    return out.astype(np.float64), True
+
+
+def evaluate_task(request: EvaluateRequest, cancel: CancelFlag) -> Generator[Progress, None, EvaluateOutput]:
+    truth = request.ground_truth
+    yield Progress("evaluate", 0, 3, message="ground truth mask")
+    continuous = _is_continuous(np.asarray(truth.data))
+    gt = binary_mask_from_volume(truth, threshold=0.5) if continuous else binary_mask_from_volume(truth, label="all")
+    gt_mask = np.asarray(gt.data) > 0
+    check_cancel(cancel)
+    yield Progress("evaluate", 1, 3, message="resampling onto the ground truth grid")
+    probs, resampled = resample_onto(request.prediction, truth)
+    uncertainty = None
+    if request.uncertainty is not None:
+        uncertainty, _ = resample_onto(request.uncertainty, truth)
+    check_cancel(cancel)
+    yield Progress("evaluate", 2, 3, message="metrics")
+    metrics = evaluate_probabilities(
+        probs, gt_mask, truth.spacing, uncertainty=uncertainty, threshold=request.threshold
+    )
+    band = surface_band(gt_mask, truth.spacing, 2.0)
+    return EvaluateOutput(
+        metrics, reliability_curve(probs, gt_mask), reliability_curve(probs[band], gt_mask[band]),
+        int(gt_mask.size), resampled,
+    )

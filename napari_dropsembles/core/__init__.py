@@ -1,0 +1,1 @@
+"""The computations: no Qt, napari or magicgui import anywhere below this package."""

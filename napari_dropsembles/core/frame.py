@@ -1,0 +1,130 @@
+"""The normalised frame of one case and the encoder input made from an observation.
+
+World mm -> unit cube [-0.5, 0.5]^3 by ONE isotropic scale, axes along the observation's voxel
+axes (so thick slices map to grid planes). Pretraining and reconstruction both go through
+:func:`make_case`, so a prior always sees its inputs framed the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import ModelConfig
+from .errors import InputError
+from .slice_field import SliceDistanceField
+from .volume import Volume
+
+THICK_AXIS_RATIO = 1.5  # an axis is "thick" when its spacing exceeds the finest by this factor
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """``normalised = rotation.T @ (world - centre_mm) / scale_mm``."""
+
+    centre_mm: np.ndarray
+    scale_mm: float
+    rotation: np.ndarray
+
+    def to_normalised(self, points_mm: np.ndarray) -> np.ndarray:
+        return ((np.asarray(points_mm, dtype=np.float64) - self.centre_mm) @ self.rotation) / self.scale_mm
+
+    def to_world(self, points: np.ndarray) -> np.ndarray:
+        return np.asarray(points, dtype=np.float64) * self.scale_mm @ self.rotation.T + self.centre_mm
+
+    def box_affine(self, spacing_mm: float) -> tuple[np.ndarray, tuple[int, int, int]]:
+        """An isotropic output grid covering the unit cube, axes along the observation's axes."""
+        size = int(np.ceil(self.scale_mm / spacing_mm))
+        affine = np.eye(4)
+        affine[:3, :3] = self.rotation * spacing_mm
+        first = np.full(3, -(size - 1) / 2 * spacing_mm)
+        affine[:3, 3] = self.rotation @ first + self.centre_mm
+        return affine, (size, size, size)
+
+    def to_dict(self) -> dict:
+        return {
+            "centre_mm": self.centre_mm.tolist(),
+            "scale_mm": float(self.scale_mm),
+            "rotation": self.rotation.tolist(),
+        }
+
+
+def frame_from_observation(observation: Volume, box_padding: float = 0.1) -> Frame:
+    """Frame around the observed foreground: isotropic scale, padded by ``box_padding`` and by one
+    slice spacing on each side of every thick axis (the object continues past the last slice)."""
+    mask = np.asarray(observation.data) > 0
+    if not mask.any():
+        raise InputError("the mask is empty: nothing to reconstruct")
+    spacing = observation.spacing
+    rotation = observation.affine[:3, :3] / spacing
+    index = np.argwhere(mask)
+    lo = (index.min(0) - 0.5) * spacing
+    hi = (index.max(0) + 0.5) * spacing
+    thick = spacing > THICK_AXIS_RATIO * spacing.min()
+    lo = lo - thick * spacing
+    hi = hi + thick * spacing
+    centre_index_mm = (lo + hi) / 2
+    centre = rotation @ centre_index_mm + observation.origin
+    scale = float((hi - lo).max() * (1.0 + 2 * box_padding))
+    return Frame(centre_mm=centre, scale_mm=scale, rotation=rotation)
+
+
+@dataclass(frozen=True, eq=False)
+class PointInputs:
+    """Turns normalised points into decoder inputs: xyz, plus the shape-based interpolation."""
+
+    frame: Frame
+    field: SliceDistanceField | None
+    sdf_scale: float
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        points = np.asarray(points, dtype=np.float32)
+        if self.field is None:
+            return points[:, :3]
+        sdf_mm = self.field(self.frame.to_world(points[:, :3]))
+        feature = np.tanh(sdf_mm / (self.sdf_scale * self.frame.scale_mm)).astype(np.float32)
+        return np.concatenate([points[:, :3], feature[:, None]], axis=1)
+
+
+@dataclass(frozen=True, eq=False)
+class Case:
+    """What the network needs from one observation, in the normalised frame."""
+
+    frame: Frame
+    encoder_input: np.ndarray  # [2, G, G, G] float32: mean label, observed fraction
+    points: np.ndarray  # [N, 3 + point_features] float32 inputs at observed voxel centres inside the cube
+    labels: np.ndarray  # [N] float32 0/1
+    point_inputs: PointInputs
+
+
+def make_case(observation: Volume, config: ModelConfig, with_points: bool = True) -> Case:
+    """Frame the observation and splat its voxels into the 2-channel encoder grid.
+
+    ``with_points=False`` skips the decoder inputs at observed voxels (pretraining needs none).
+    """
+    grid_size = config.grid_size
+    frame = frame_from_observation(observation, config.box_padding)
+    data = np.asarray(observation.data)
+    # Only voxels whose centre can fall in the cube: crop by the cube's index bounds first.
+    corners = frame.to_world(np.array([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)]))
+    corner_index = observation.world_to_index(corners)
+    lo = np.clip(np.floor(corner_index.min(0)).astype(int), 0, np.array(data.shape))
+    hi = np.clip(np.ceil(corner_index.max(0)).astype(int) + 1, 0, np.array(data.shape))
+    crop = data[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    index = np.indices(crop.shape).reshape(3, -1).T + lo
+    points = frame.to_normalised(observation.index_to_world(index))
+    labels = (crop.reshape(-1) > 0).astype(np.float32)
+    inside = np.all(np.abs(points) < 0.5, axis=1)
+    points, labels = points[inside].astype(np.float32), labels[inside]
+    cells = np.clip(((points + 0.5) * grid_size).astype(int), 0, grid_size - 1)
+    flat = np.ravel_multi_index(cells.T, (grid_size,) * 3)
+    count = np.bincount(flat, minlength=grid_size**3).astype(np.float32)
+    total = np.bincount(flat, weights=labels, minlength=grid_size**3).astype(np.float32)
+    occupancy = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+    observed = (count > 0).astype(np.float32)
+    encoder_input = np.stack([occupancy, observed]).reshape(2, grid_size, grid_size, grid_size)
+    field = SliceDistanceField(observation) if config.point_features else None
+    point_inputs = PointInputs(frame=frame, field=field, sdf_scale=config.sdf_scale)
+    inputs = point_inputs(points) if with_points else np.zeros((0, 3 + config.point_features), np.float32)
+    return Case(frame=frame, encoder_input=encoder_input, points=inputs, labels=labels, point_inputs=point_inputs)

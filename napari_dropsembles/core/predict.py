@@ -1,0 +1,90 @@
+"""Chunked grid queries (memory bounded by the chunk, not the grid) and ensemble statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .methods import Fitted
+from .progress import CancelFlag, Progress, check_cancel
+from .volume import Volume
+
+EPS = 1e-6
+MAP_NAMES = ("mean", "variance", "entropy", "mutual_information")
+
+
+def binary_entropy(p: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of a Bernoulli with probability ``p``."""
+    p = p.clamp(EPS, 1 - EPS)
+    return -(p * torch.log(p) + (1 - p) * torch.log(1 - p))
+
+
+def ensemble_statistics(probs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """[M, N] member probabilities -> mean, variance, predictive entropy, mutual information."""
+    mean = probs.mean(0)
+    variance = probs.var(0, unbiased=False)
+    entropy = binary_entropy(mean)
+    mutual_information = (entropy - binary_entropy(probs).mean(0)).clamp_min(0)
+    return {"mean": mean, "variance": variance, "entropy": entropy, "mutual_information": mutual_information}
+
+
+@dataclass(eq=False)
+class EnsembleMaps:
+    """Mean, variance, entropy and mutual information on one grid (each a Volume)."""
+
+    mean: Volume
+    variance: Volume
+    entropy: Volume
+    mutual_information: Volume
+    members: np.ndarray | None = None  # [M, I, J, K] float16 when kept
+    queries: int = 0  # network evaluations (points x members)
+
+    def as_dict(self) -> dict[str, Volume]:
+        return {name: getattr(self, name) for name in MAP_NAMES}
+
+
+def grid_points_mm(affine: np.ndarray, shape: tuple[int, int, int], start: int, stop: int) -> np.ndarray:
+    """World mm of the voxel centres with flat (C-order) indices in [start, stop)."""
+    index = np.stack(np.unravel_index(np.arange(start, stop), shape), axis=1).astype(np.float64)
+    return index @ affine[:3, :3].T + affine[:3, 3]
+
+
+def predict_grid_steps(
+    fitted: Fitted,
+    affine: np.ndarray,
+    shape: tuple[int, int, int],
+    *,
+    chunk: int = 65536,
+    keep_members: bool = False,
+    cancel: CancelFlag | None = None,
+) -> Generator[Progress, None, EnsembleMaps]:
+    """Query every voxel centre of the grid; yields Progress per chunk."""
+    total = int(np.prod(shape))
+    maps = {name: np.zeros(total, dtype=np.float32) for name in MAP_NAMES}
+    members = np.zeros((fitted.members, total), dtype=np.float16) if keep_members else None
+    chunks = (total + chunk - 1) // chunk
+    for i, start in enumerate(range(0, total, chunk)):
+        check_cancel(cancel)
+        stop = min(start + chunk, total)
+        points = fitted.frame.to_normalised(grid_points_mm(affine, shape, start, stop))
+        probs = fitted.predict_normalised(torch.from_numpy(points.astype(np.float32)).to(fitted.device))
+        for name, value in ensemble_statistics(probs).items():
+            maps[name][start:stop] = value.cpu().numpy()
+        if members is not None:
+            members[:, start:stop] = probs.cpu().numpy()
+        yield Progress("predict", i + 1, chunks)
+    volumes = {name: Volume(values.reshape(shape), affine) for name, values in maps.items()}
+    member_grid = members.reshape(fitted.members, *shape) if members is not None else None
+    return EnsembleMaps(**volumes, members=member_grid, queries=total * fitted.members)
+
+
+def run_to_end(steps: Generator) -> object:
+    """Drain a progress generator and return its result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value

@@ -1,0 +1,233 @@
+"""Pretraining on dataset A (procedural vertebrae or dense masks), then the EWC Fisher.
+
+Each sample is made exactly as a case is at reconstruction time (:func:`make_case` on a
+simulated, randomly sliced and corrupted observation), so the prior learns to complete sparse
+inputs (DESIGN section 7: priors trained on dense inputs collapse on sliced data).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .checkpoint import PretrainedModel, Prior
+from .config import ModelConfig
+from .data import Corruption, Shape, near_surface_points, random_corruption, random_vertebra, simulate_observation
+from .ensemble import EnsembleDecoder
+from .errors import InputError
+from .ewc import diagonal_fisher
+from .frame import make_case
+from .model import VoxelEncoder, sample_features
+from .progress import CancelFlag, Progress, check_cancel
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    steps: int = 2000
+    batch_size: int = 8
+    points_per_sample: int = 4096  # queries stored per sample; each step uses half of them
+    lr: float = 1e-3
+    shapes: int = 0  # size of the shape pool (0 = a new random vertebra for every sample)
+    samples: int = 1024  # training samples made up front (shape + random slicing/corruption + queries)
+    slice_factors: tuple[float, float] = (1.0, 5.0)
+    in_plane_mm: tuple[float, float] = (0.7, 1.5)
+    surface_sigma: float = 0.015  # near-surface query noise, share of the cube size
+    fisher_samples: int = 16
+    seed: int = 0
+
+
+def random_training_corruption(rng: np.random.Generator, config: PretrainConfig) -> Corruption:
+    corruption = random_corruption(
+        rng, slice_factors=config.slice_factors, erosion_prob=0.25, noise_prob=0.25, missing_prob=0.1
+    )
+    in_plane = float(rng.uniform(*config.in_plane_mm))
+    return Corruption(**{**asdict(corruption), "in_plane_mm": in_plane})
+
+
+def make_training_sample(
+    shape: Shape, rng: np.random.Generator, model_config: ModelConfig, config: PretrainConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(encoder input [2,G,G,G], decoder inputs at query points [P, 3 + k], exact occupancy [P])."""
+    observation = simulate_observation(shape, random_training_corruption(rng, config), rng)
+    case = make_case(observation, model_config)
+    n_uniform = config.points_per_sample // 2
+    uniform = rng.uniform(-0.5, 0.5, size=(n_uniform, 3))
+    sigma_mm = config.surface_sigma * case.frame.scale_mm
+    surface = case.frame.to_normalised(near_surface_points(shape, config.points_per_sample - n_uniform, sigma_mm, rng))
+    points = np.clip(np.concatenate([uniform, surface]), -0.5, 0.5)
+    labels = shape.occupancy(case.frame.to_world(points)).astype(np.float32)
+    return case.encoder_input, case.point_inputs(points), labels
+
+
+_POOL_SHAPES: Sequence[Shape] | None = None  # inherited by forked workers (no pickling of shapes)
+
+
+def _pool_sample(task: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    index, seed, pool, model_config, config = task
+    rng = np.random.default_rng([seed, index])
+    shape = shape_source(_POOL_SHAPES, pool, seed)(rng)
+    grid, points, labels = make_training_sample(shape, rng, model_config, config)
+    return grid.astype(np.float16), points, labels.astype(np.uint8)
+
+
+def build_training_pool(
+    model_config: ModelConfig,
+    config: PretrainConfig,
+    *,
+    shapes: Sequence[Shape] | None = None,
+    workers: int = 0,
+    cancel: CancelFlag | None = None,
+) -> Generator[Progress, None, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Make ``config.samples`` training samples up front (deterministic per index, parallel)."""
+    global _POOL_SHAPES
+    _POOL_SHAPES = shapes
+    tasks = [(i, config.seed, config.shapes, model_config, config) for i in range(config.samples)]
+    workers = workers or min(2, os.cpu_count() or 1)
+    results = []
+    if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            for i, item in enumerate(pool.imap(_pool_sample, tasks, chunksize=8)):
+                results.append(item)
+                if (i + 1) % 32 == 0 or i + 1 == len(tasks):
+                    check_cancel(cancel)
+                    yield Progress("data", i + 1, len(tasks), message="making training samples")
+    else:
+        for i, task in enumerate(tasks):
+            check_cancel(cancel)
+            results.append(_pool_sample(task))
+            yield Progress("data", i + 1, len(tasks), message="making training samples")
+    grids, points, labels = zip(*results, strict=True)
+    return torch.from_numpy(np.stack(grids)), torch.from_numpy(np.stack(points)), torch.from_numpy(np.stack(labels))
+
+
+def shape_source(shapes: Sequence[Shape] | None, pool: int, seed: int) -> Callable[[np.random.Generator], Shape]:
+    """Draw training shapes: from given shapes, a fixed procedural pool, or fresh vertebrae."""
+    if shapes:
+        items = list(shapes)
+        return lambda rng: items[int(rng.integers(len(items)))]
+    if pool > 0:
+        fixed = [random_vertebra(np.random.default_rng([seed, i])) for i in range(pool)]
+        return lambda rng: fixed[int(rng.integers(len(fixed)))]
+    return lambda rng: random_vertebra(rng)
+
+
+def pretrain_model_steps(
+    model_config: ModelConfig,
+    config: PretrainConfig,
+    *,
+    shapes: Sequence[Shape] | None = None,
+    device: torch.device | str = "cpu",
+    cancel: CancelFlag | None = None,
+) -> Generator[Progress, None, PretrainedModel]:
+    """Train one network with dropout; yields Progress; returns it with its Fisher."""
+    if not 0 < model_config.dropout < 1:
+        raise InputError(f"dropout rate must be in (0, 1), got {model_config.dropout}")
+    if config.steps < 1:
+        raise InputError(f"steps must be positive, got {config.steps}")
+    device = torch.device(device)
+    torch.manual_seed(config.seed)
+    encoder = VoxelEncoder(model_config).to(device)
+    decoder = EnsembleDecoder(model_config, 1, torch.Generator().manual_seed(config.seed)).to(device)
+    params = list(encoder.parameters()) + list(decoder.parameters())
+    optimiser = torch.optim.Adam(params, lr=config.lr)
+    warmup = max(1, min(100, config.steps // 20))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda i: min(1.0, (i + 1) / warmup) * (0.55 + 0.45 * np.cos(np.pi * min(i / config.steps, 1.0)))
+    )
+    pool_grids, pool_points, pool_labels = yield from build_training_pool(
+        model_config, config, shapes=shapes, cancel=cancel
+    )
+    gen = torch.Generator().manual_seed(config.seed)
+    n_pool, n_points = pool_points.shape[0], pool_points.shape[1]
+    half = n_points // 2
+    started = time.perf_counter()
+    for step in range(1, config.steps + 1):
+        check_cancel(cancel)
+        batch = torch.randint(n_pool, (config.batch_size,), generator=gen)
+        pick = torch.randint(n_points, (config.batch_size, half), generator=gen)
+        grids = pool_grids[batch].float().to(device)
+        points = torch.gather(pool_points[batch], 1, pick[..., None].expand(-1, -1, pool_points.shape[-1])).to(device)
+        labels = torch.gather(pool_labels[batch], 1, pick).float().to(device)
+        features = encoder(grids)
+        batch_features = sample_features(features, points)  # [B, P, C]
+        flat_logits = decoder(
+            points.reshape(-1, points.shape[-1]),
+            batch_features.reshape(-1, batch_features.shape[-1]),
+            random_dropout=model_config.dropout,
+        )
+        logits = flat_logits.view(labels.shape)
+        loss = F.binary_cross_entropy_with_logits(logits, labels)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        with torch.no_grad():
+            accuracy = ((logits > 0) == (labels > 0.5)).float().mean().item()
+        yield Progress(
+            "pretrain",
+            step,
+            config.steps,
+            float(loss.item()),
+            extra={"accuracy": accuracy, "elapsed_s": time.perf_counter() - started},
+        )
+    encoder.eval()
+    fisher_batches = []
+    with torch.no_grad():
+        for i in range(min(config.fisher_samples, n_pool)):
+            index = n_pool - 1 - i
+            grid = pool_grids[index : index + 1].float().to(device)
+            feats = sample_features(encoder(grid), pool_points[index : index + 1].to(device))
+            fisher_batches.append((pool_points[index, ::4].to(device), feats[0, ::4]))
+    yield Progress("fisher", 1, 1)
+    decoder.eval()
+    fisher = diagonal_fisher(decoder, fisher_batches)
+    state = {name: p.detach().cpu().clone() for name, p in decoder.parameter_dict().items()}
+    return PretrainedModel(encoder=encoder.cpu(), decoder=state, fisher={k: v.cpu() for k, v in fisher.items()})
+
+
+def pretrain_steps(
+    model_config: ModelConfig,
+    config: PretrainConfig,
+    *,
+    models: int = 1,
+    shapes: Sequence[Shape] | None = None,
+    device: torch.device | str = "cpu",
+    cancel: CancelFlag | None = None,
+) -> Generator[Progress, None, Prior]:
+    """Pretrain ``models`` independent networks (seeds seed, seed+1, ...): a prior for any method."""
+    if models < 1:
+        raise InputError(f"models must be at least 1, got {models}")
+    started = time.perf_counter()
+    trained = []
+    for i in range(models):
+        run = pretrain_model_steps(
+            model_config,
+            PretrainConfig(**{**asdict(config), "seed": config.seed + i}),
+            shapes=shapes,
+            device=device,
+            cancel=cancel,
+        )
+        while True:
+            try:
+                progress = next(run)
+            except StopIteration as done:
+                trained.append(done.value)
+                break
+            progress.extra["model"] = i
+            progress.message = f"model {i + 1}/{models}"
+            yield progress
+    training = {
+        "data": "procedural lumbar vertebrae" if not shapes else f"{len(shapes)} dense masks",
+        "pretrain": asdict(config),
+        "models": models,
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "device": str(device),
+    }
+    return Prior(config=model_config, models=trained, training=training)

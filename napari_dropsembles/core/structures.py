@@ -1,0 +1,248 @@
+"""Several structures at once (e.g. vertebrae L1-L5 as labels 1-5): one reconstruction per label.
+
+``reconstruct_structures_steps`` runs :func:`reconstruct_steps` for each label in turn (one
+worker, one progress stream) and returns a :class:`StructureSet`: the per-label results, their
+maps merged on one grid for display, and a per-structure confidence table
+(:func:`structure_table`). A single reconstruction is a set of one structure.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+from dataclasses import dataclass, replace
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import InputError
+from .io import binary_mask_from_volume, list_labels
+from .mesh import Mesh, extract_mesh
+from .metrics import surface_band
+from .pipeline import Reconstruction, ReconstructionConfig, reconstruct_steps
+from .progress import CancelFlag, Progress, check_cancel
+from .volume import Volume
+
+FLAG_RATIO = 1.5  # band variance this many times the median of the structures -> flagged
+FLAG_CV = 0.10  # member volumes spread (std / mean) above this -> flagged
+
+
+@dataclass(frozen=True)
+class StructureRow:
+    """Confidence of one reconstructed structure (volumes in mL, centre in world mm)."""
+
+    label: int
+    volume_ml: float  # mean over members of the volume inside the member's surface
+    volume_ml_std: float  # spread of that volume across members
+    band_variance: float  # mean member variance within 2 voxels of the mean surface
+    centre_mm: tuple[float, float, float]
+    flagged: bool = False
+    reason: str = ""
+
+
+def structure_masks(volume: Volume, labels: list[int] | None = None) -> dict[int, Volume]:
+    """One binary mask per label of a label volume (all its non-zero labels when ``labels`` is None)."""
+    labels = list_labels(volume) if labels is None else [int(v) for v in labels]
+    if not labels:
+        raise InputError("the volume holds no label (all voxels are 0)")
+    return {label: binary_mask_from_volume(volume, label=label) for label in labels}
+
+
+def structure_row(label: int, result: Reconstruction, threshold: float | None = None) -> StructureRow:
+    """Volume (mean and spread across members), surface-band variance and centre of one result."""
+    level = result.config.threshold if threshold is None else float(threshold)
+    mean = result.maps.mean
+    voxel_ml = float(np.prod(mean.spacing)) / 1000.0
+    inside = np.asarray(mean.data) >= level
+    if result.maps.members is not None:
+        member_ml = np.array([np.count_nonzero(m >= level) * voxel_ml for m in result.maps.members])
+    else:  # members not kept: the mean's volume, spread unknown
+        member_ml = np.array([np.count_nonzero(inside) * voxel_ml])
+    band = surface_band(inside, mean.spacing, 2.0)
+    band_variance = float(np.asarray(result.maps.variance.data)[band].mean()) if band.any() else math.nan
+    where = inside if inside.any() else np.asarray(result.observation.data) > 0
+    source = mean if inside.any() else result.observation
+    centre = source.index_to_world(np.argwhere(where).mean(axis=0)[None])[0]
+    return StructureRow(
+        label=int(label),
+        volume_ml=float(member_ml.mean()),
+        volume_ml_std=float(member_ml.std()) if len(member_ml) > 1 else math.nan,
+        band_variance=band_variance,
+        centre_mm=tuple(float(c) for c in centre),
+    )
+
+
+def flag_rows(rows: list[StructureRow], ratio: float = FLAG_RATIO, max_cv: float = FLAG_CV) -> list[StructureRow]:
+    """Flag the least trustworthy structures: no surface, a high band variance, or a wide volume spread."""
+    variances = np.array([r.band_variance for r in rows], dtype=float)
+    finite = variances[np.isfinite(variances)]
+    median = float(np.median(finite)) if finite.size else math.nan
+    flagged = []
+    for row in rows:
+        reasons = []
+        if not np.isfinite(row.band_variance) or row.volume_ml == 0:
+            reasons.append("no surface at this threshold")
+        elif len(rows) > 1 and median > 0 and row.band_variance >= ratio * median:
+            reasons.append(f"band variance {row.band_variance / median:.1f}x the median")
+        if row.volume_ml > 0 and np.isfinite(row.volume_ml_std) and row.volume_ml_std / row.volume_ml > max_cv:
+            reasons.append(f"volume spread {100 * row.volume_ml_std / row.volume_ml:.0f}%")
+        flagged.append(replace(row, flagged=bool(reasons), reason="; ".join(reasons)))
+    return flagged
+
+
+def structure_table(
+    results: dict[int, Reconstruction], threshold: float | None = None, *, ratio: float = FLAG_RATIO
+) -> list[StructureRow]:
+    """One row per label (sorted): volume mL mean and std across members, band variance, flag."""
+    rows = [structure_row(label, results[label], threshold) for label in sorted(results)]
+    return flag_rows(rows, ratio=ratio)
+
+
+def concatenate_meshes(meshes: list[Mesh]) -> Mesh:
+    """One mesh holding all the given meshes (vertex values kept when every mesh has them)."""
+    meshes = [m for m in meshes if not m.is_empty]
+    if not meshes:
+        return Mesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32), np.zeros(0, np.float32))
+    offsets = np.cumsum([0] + [len(m.vertices_mm) for m in meshes[:-1]])
+    values = None
+    if all(m.vertex_values is not None for m in meshes):
+        values = np.concatenate([m.vertex_values for m in meshes])
+    return Mesh(
+        np.concatenate([m.vertices_mm for m in meshes]),
+        np.concatenate([m.faces + o for m, o in zip(meshes, offsets, strict=True)]),
+        values,
+    )
+
+
+def _overlap(target: np.ndarray, source: np.ndarray, offset: np.ndarray) -> tuple[tuple, tuple]:
+    """Slices of ``target`` and ``source`` where ``source`` starting at ``offset`` overlaps ``target``."""
+    t_slices, s_slices = [], []
+    for size_t, size_s, o in zip(target.shape, source.shape, offset, strict=True):
+        lo, hi = max(0, o), min(size_t, o + size_s)
+        t_slices.append(slice(lo, hi))
+        s_slices.append(slice(lo - o, hi - o))
+    return tuple(t_slices), tuple(s_slices)
+
+
+@dataclass(eq=False)
+class StructureSet:
+    """Per-label reconstructions and their maps merged on one grid (max over structures)."""
+
+    results: dict[int, Reconstruction]
+    mean: Volume  # merged mean occupancy
+    variance: Volume  # merged variance (of the most probable structure's grid, max where they overlap)
+    owner: np.ndarray  # label of the most probable structure per voxel of the merged grid
+    threshold: float
+
+    @property
+    def labels(self) -> list[int]:
+        return sorted(self.results)
+
+    @property
+    def members(self) -> int:
+        first = next(iter(self.results.values()))
+        return len(first.maps.members) if first.maps.members is not None else first.fitted.members
+
+    @property
+    def device(self) -> str:
+        return next(iter(self.results.values())).device
+
+    def remesh(self, threshold: float, *, step_size: int = 1) -> Mesh:
+        """Marching cubes of every structure's cached mean at ``threshold`` (no network query)."""
+        meshes = []
+        for result in self.results.values():
+            if step_size == 1 and abs(float(threshold) - result.config.threshold) < 1e-9:
+                meshes.append(result.mesh)  # extracted at this threshold already
+            else:
+                meshes.append(extract_mesh(result.maps.mean, threshold, result.maps.variance, step_size=step_size))
+        return concatenate_meshes(meshes)
+
+    def member_mesh(self, member: int, threshold: float | None = None) -> Mesh:
+        return concatenate_meshes([r.member_mesh(member, threshold) for r in self.results.values()])
+
+    def label_volume(self, threshold: float) -> Volume:
+        """Labels of the merged grid: each voxel's most probable structure where its mean >= threshold."""
+        dtype = np.uint8 if max(self.labels) < 256 else np.int32
+        inside = np.asarray(self.mean.data) >= threshold
+        return self.mean.with_data(np.where(inside, self.owner, 0).astype(dtype))
+
+    def table(self, threshold: float | None = None) -> list[StructureRow]:
+        return structure_table(self.results, self.threshold if threshold is None else threshold)
+
+
+def combine_structures(results: dict[int, Reconstruction]) -> StructureSet:
+    """Merge per-label maps on one grid covering all of them (same spacing and axes, trilinear resampling)."""
+    if not results:
+        raise InputError("no structure to combine")
+    labels = sorted(results)
+    first = results[labels[0]]
+    threshold = first.config.threshold
+    if len(labels) == 1:
+        mean = first.maps.mean
+        owner = np.full(mean.shape, labels[0], dtype=np.int32)
+        return StructureSet(results, mean, first.maps.variance, owner, threshold)
+    affine = first.maps.mean.affine
+    linear = affine[:3, :3]
+    for label in labels[1:]:
+        other = results[label].maps.mean
+        if not np.allclose(other.affine[:3, :3], linear, atol=1e-6):
+            raise InputError(f"structure {label} was reconstructed on a grid with other axes or spacing")
+    # corners of every grid in the first grid's (fractional) index space
+    starts = np.array([first.maps.mean.world_to_index(results[k].maps.mean.origin[None])[0] for k in labels])
+    stops = starts + np.array([results[k].maps.mean.shape for k in labels]) - 1
+    lo = np.floor(starts.min(axis=0) + 1e-6)
+    shape = tuple(int(s) for s in np.ceil(stops.max(axis=0) - 1e-6) - lo + 1)
+    merged_affine = affine.copy()
+    merged_affine[:3, 3] = first.maps.mean.index_to_world(lo[None])[0]
+    mean = np.zeros(shape, np.float32)
+    variance = np.zeros(shape, np.float32)
+    owner = np.zeros(shape, np.int32)
+    for label, start in zip(labels, starts, strict=True):
+        maps = results[label].maps
+        position = start - lo
+        whole = np.floor(position + 1e-6).astype(int)
+        fraction = np.clip(position - whole, 0.0, 1.0)
+        # pad by one zero voxel so that the resampled grid fades to 0 at its edges
+        layers = []
+        for grid in (maps.mean, maps.variance):
+            padded = np.pad(np.asarray(grid.data, np.float32), 1)
+            layers.append(ndimage.shift(padded, fraction, order=1, mode="constant", cval=0.0, prefilter=False))
+        t, s = _overlap(mean, layers[0], whole - 1)
+        better = layers[0][s] > mean[t]
+        mean[t] = np.where(better, layers[0][s], mean[t])
+        owner[t] = np.where(better, label, owner[t])
+        variance[t] = np.maximum(variance[t], layers[1][s])
+    return StructureSet(results, Volume(mean, merged_affine), Volume(variance, merged_affine), owner, threshold)
+
+
+def reconstruct_structures_steps(
+    masks: dict[int, Volume],
+    prior,
+    config: ReconstructionConfig = ReconstructionConfig(),
+    *,
+    cancel: CancelFlag | None = None,
+) -> Generator[Progress, None, StructureSet]:
+    """Reconstruct each labelled mask in turn (members kept for the volume spread)."""
+    if not masks:
+        raise InputError("no structure to reconstruct")
+    config = replace(config, keep_members=True)
+    config.validate()
+    results: dict[int, Reconstruction] = {}
+    labels = sorted(masks)
+    for index, label in enumerate(labels):
+        check_cancel(cancel)
+        steps = reconstruct_steps(masks[label], prior, config, cancel=cancel)
+        while True:
+            try:
+                progress = next(steps)
+            except StopIteration as done:
+                results[label] = done.value
+                break
+            progress.extra.update({"label": label, "structure": index, "structures": len(labels)})
+            if len(labels) > 1:
+                progress.message = f"label {label} ({index + 1}/{len(labels)})" + (
+                    f": {progress.message}" if progress.message else ""
+                )
+            yield progress
+    check_cancel(cancel)
+    return combine_structures(results)

@@ -1,0 +1,114 @@
+"""A 3D array with its frame: voxel index -> world mm through a 4x4 affine.
+
+Every grid that enters or leaves ``core`` is a :class:`Volume`. ``affine`` maps the
+*centre* of voxel ``(i, j, k)`` to world millimetres (the NIfTI convention).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InputError
+
+
+def affine_from_spacing(
+    spacing_mm: tuple[float, float, float] | np.ndarray,
+    origin_mm: tuple[float, float, float] | np.ndarray = (0.0, 0.0, 0.0),
+) -> np.ndarray:
+    """Axis-aligned affine with the given voxel spacing and the world position of voxel 0."""
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag(np.asarray(spacing_mm, dtype=float))
+    affine[:3, 3] = np.asarray(origin_mm, dtype=float)
+    return affine
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """``data`` (I, J, K) with ``affine`` (4x4, index -> world mm)."""
+
+    data: np.ndarray
+    affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+
+    def __post_init__(self) -> None:
+        affine = np.asarray(self.affine, dtype=float)
+        if affine.shape != (4, 4):
+            raise InputError(f"affine must be 4x4, got shape {affine.shape}")
+        object.__setattr__(self, "affine", affine)
+        if np.ndim(self.data) != 3:
+            raise InputError(f"expected a 3D volume, got {np.ndim(self.data)}D data of shape {np.shape(self.data)}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size in mm along each array axis (column norms of the affine)."""
+        return np.linalg.norm(self.affine[:3, :3], axis=0)
+
+    @property
+    def origin(self) -> np.ndarray:
+        """World position (mm) of the centre of voxel (0, 0, 0)."""
+        return self.affine[:3, 3].copy()
+
+    @property
+    def is_axis_aligned(self) -> bool:
+        """True when the affine is a pure per-axis scale plus translation."""
+        rot = self.affine[:3, :3]
+        return bool(np.allclose(rot, np.diag(np.diag(rot)), atol=1e-6) and np.all(np.diag(rot) > 0))
+
+    def napari_frame(self) -> dict:
+        """Keyword arguments that place this grid in napari's world (mm)."""
+        if self.is_axis_aligned:
+            return {"scale": tuple(self.spacing), "translate": tuple(self.origin)}
+        return {"affine": self.affine.copy()}
+
+    def with_data(self, data: np.ndarray) -> Volume:
+        """Same frame, new data (must have the same shape)."""
+        if data.shape != self.data.shape:
+            raise InputError(f"shape {data.shape} does not match the grid {self.data.shape}")
+        return Volume(data, self.affine)
+
+    def index_to_world(self, index: np.ndarray) -> np.ndarray:
+        """(N, 3) voxel indices (may be fractional) -> (N, 3) world mm."""
+        index = np.asarray(index, dtype=float)
+        return index @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+    def world_to_index(self, points_mm: np.ndarray) -> np.ndarray:
+        """(N, 3) world mm -> (N, 3) fractional voxel indices."""
+        inv = np.linalg.inv(self.affine)
+        return np.asarray(points_mm, dtype=float) @ inv[:3, :3].T + inv[:3, 3]
+
+    def voxel_centres_mm(self, mask: np.ndarray | None = None) -> np.ndarray:
+        """World mm of all voxel centres (C order), or of those where ``mask`` is true."""
+        index = np.indices(self.shape).reshape(3, -1).T if mask is None else np.argwhere(mask)
+        return self.index_to_world(index)
+
+    def corners_mm(self) -> np.ndarray:
+        """(8, 3) world mm of the outer corners of the volume (voxel edges, not centres)."""
+        lo = np.full(3, -0.5)
+        hi = np.asarray(self.shape, dtype=float) - 0.5
+        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+        return self.index_to_world(corners)
+
+
+def grid_over_box(
+    lo_mm: np.ndarray, hi_mm: np.ndarray, spacing_mm: float, rotation: np.ndarray | None = None
+) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Affine of an isotropic grid covering the box ``[lo, hi]`` (mm, in the rotated frame).
+
+    ``rotation`` (3x3, orthonormal columns) orients the grid axes; identity when None.
+    Returns (affine, shape).
+    """
+    rotation = np.eye(3) if rotation is None else np.asarray(rotation, dtype=float)
+    lo_mm = np.asarray(lo_mm, dtype=float)
+    hi_mm = np.asarray(hi_mm, dtype=float)
+    shape = np.maximum(np.ceil((hi_mm - lo_mm) / spacing_mm).astype(int), 1)
+    centre = (lo_mm + hi_mm) / 2
+    first = centre - (shape - 1) / 2 * spacing_mm
+    affine = np.eye(4)
+    affine[:3, :3] = rotation * spacing_mm
+    affine[:3, 3] = rotation @ first
+    return affine, tuple(int(s) for s in shape)

@@ -1,0 +1,154 @@
+"""The command line: the main job end to end, and a clear exit-2 message for every bad input."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_dropsembles.cli import main
+from napari_dropsembles.core.checkpoint import save_prior
+from napari_dropsembles.core.io import read_volume, write_volume
+from napari_dropsembles.core.volume import Volume
+
+from .conftest import sphere_volume
+
+
+@pytest.fixture
+def files(tmp_path, ellipsoid_prior):
+    observation = sphere_volume(radius_mm=9, spacing_mm=(1.0, 1.0, 3.0))
+    truth = sphere_volume(radius_mm=9, spacing_mm=(1.0, 1.0, 1.0))
+    paths = {
+        "obs": write_volume(tmp_path / "obs.nii.gz", observation, dtype=np.uint8),
+        "gt": write_volume(tmp_path / "gt.nii.gz", truth, dtype=np.uint8),
+        "prior": save_prior(ellipsoid_prior, tmp_path / "prior.safetensors"),
+    }
+    return paths
+
+
+FAST = ["--steps", "5", "--resolution", "2", "--device", "cpu", "--quiet"]
+
+
+def test_reconstruct_writes_maps_mesh_and_report(tmp_path, files, capsys):
+    out = tmp_path / "out"
+    code = main(["reconstruct", str(files["obs"]), "--out", str(out), "--prior", str(files["prior"]),
+                 "--ground-truth", str(files["gt"]), "--members", "3", *FAST])
+    assert code == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["entropy.nii.gz", "mean.nii.gz", "mesh.ply", "mutual_information.nii.gz", "report.json",
+                     "variance.nii.gz"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["members"] == 3 and report["config"]["method"] == "dropsembles"
+    assert set(report["metrics"]) == {"dropsembles", "nearest", "linear", "shape_based"}
+    assert 0 <= report["metrics"]["dropsembles"]["dice"] <= 1
+    mean = nib.load(out / "mean.nii.gz")
+    assert mean.get_data_dtype() == np.float32
+    np.testing.assert_allclose(np.linalg.norm(mean.affine[:3, :3], axis=0), 2.0)
+    # evaluate on a --like grid reproduces the report's metrics
+    like = tmp_path / "like"
+    assert main(["reconstruct", str(files["obs"]), "--out", str(like), "--prior", str(files["prior"]),
+                 "--like", str(files["gt"]), "--members", "3", *FAST]) == 0
+    assert read_volume(like / "mean.nii.gz").shape == read_volume(files["gt"]).shape
+    capsys.readouterr()
+    assert main(["evaluate", str(like), str(files["gt"])]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["dice"] == pytest.approx(report["metrics"]["dropsembles"]["dice"], abs=1e-6)
+
+
+def test_simulate_then_reconstruct_with_label_choice(tmp_path, files):
+    assert main(["simulate", "--out", str(tmp_path / "case"), "--seed", "2", "--gt-spacing", "1.5", "--quiet"]) == 0
+    case = json.loads((tmp_path / "case" / "case.json").read_text())
+    assert case["observation_spacing_mm"] == [1.0, 1.0, 4.0]
+    labels = read_volume(files["obs"]).data.astype(np.uint8) * 3  # label value 3
+    multi = write_volume(tmp_path / "multi.nii.gz", Volume(labels, read_volume(files["obs"]).affine), dtype=np.uint8)
+    assert main(["reconstruct", str(multi), "--out", str(tmp_path / "o"), "--prior", str(files["prior"]),
+                 "--label", "3", *FAST]) == 0
+
+
+def _text_file(path):
+    path.write_text("not a volume")
+    return path
+
+
+def _bad(tmp_path, array, name="bad.npy"):
+    path = tmp_path / name
+    np.save(path, array)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (lambda t: _bad(t, np.zeros((8, 8))), "3D"),
+        (lambda t: _bad(t, np.zeros((4, 8, 8, 8))), "3D"),
+        (lambda t: _bad(t, np.zeros((8, 8, 8))), "empty"),
+        (lambda t: _bad(t, np.ones((8, 8, 8))), "whole volume"),
+        (lambda t: _bad(t, np.where(np.arange(512).reshape(8, 8, 8) % 7 == 0, np.nan, 1.0)), "NaN"),
+        (lambda t: _bad(t, np.where(np.arange(512).reshape(8, 8, 8) % 7 == 0, np.inf, 0.0)), "inf"),
+        (lambda t: _bad(t, np.arange(512).reshape(8, 8, 8) % 3), "--label"),
+        (lambda t: _bad(t, np.linspace(0, 1, 512).reshape(8, 8, 8)), "--threshold"),
+        (lambda t: _text_file(t / "text.nii.gz"), "text.nii.gz"),
+        (lambda t: t / "missing.nii.gz", "missing.nii.gz"),
+    ],
+)
+def test_bad_volumes_exit_2_with_a_message_and_write_nothing(tmp_path, files, capsys, make, words):
+    bad = make(tmp_path)
+    out = tmp_path / "never"
+    code = main(["reconstruct", str(bad), "--out", str(out), "--prior", str(files["prior"]), *FAST])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert words in err and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--members", "0"], "--members"),
+        (["--steps", "-3"], "--steps"),
+        (["--threshold", "1.5"], "--threshold"),
+        (["--method", "deep_ensemble", "--members", "8"], "independently pretrained"),
+    ],
+)
+def test_bad_parameters_exit_2(tmp_path, files, capsys, extra, words):
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as exit_info:
+        code = main(["reconstruct", str(files["obs"]), "--out", str(out), "--prior", str(files["prior"]), *extra])
+        raise SystemExit(code)
+    assert exit_info.value.code == 2
+    assert words in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_pretrain_rejects_bad_dropout(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", "--out", str(tmp_path / "p.safetensors"), "--dropout", "1.5"])
+    assert exit_info.value.code == 2
+    assert "--dropout" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content, words", [(b"garbage", "not a valid prior"), (b"", "too short")]
+)
+def test_corrupt_prior_exits_2(tmp_path, files, capsys, content, words):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(content)
+    code = main(["reconstruct", str(files["obs"]), "--out", str(tmp_path / "o"), "--prior", str(bad), *FAST])
+    assert code == 2 and words in capsys.readouterr().err
+
+
+def test_unwritable_output_folder_exits_2(tmp_path, files, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(["reconstruct", str(files["obs"]), "--out", str(blocker / "sub"), "--prior", str(files["prior"]), *FAST])
+    assert code == 2 and "cannot write" in capsys.readouterr().err
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for command in ("reconstruct", "pretrain", "evaluate", "simulate", "demo"):
+        assert command in text
