@@ -47,12 +47,14 @@ def show_result_folder(
     observation_path: str | Path | None = None,
     ground_truth_path: str | Path | None = None,
     *,
+    viewer=None,
     run: bool = True,
 ):
     """A napari viewer with the observation, the result layers and (hidden) ground truth."""
     import napari
 
-    viewer = napari.Viewer(title=f"Dropsembles: {Path(out_dir).name}")
+    if viewer is None:
+        viewer = napari.Viewer(title=f"Dropsembles: {Path(out_dir).name}")
     layers = result_folder_layer_data(out_dir, observation_path)
     if ground_truth_path is not None and Path(ground_truth_path).is_file():
         truth = read_layers(str(ground_truth_path))[0]

@@ -14,8 +14,12 @@ RECONSTRUCT_WIDGET = "Reconstruct with uncertainty"
 __all__ = ["EvaluateWidget", "ReconstructWidget", "TrainPriorWidget", "reconstruct_selected_layer"]
 
 
-def reconstruct_selected_layer(viewer: Viewer) -> ReconstructWidget:
-    """Open (or show) the Reconstruct widget with the active layer as its input."""
+def reconstruct_selected_layer(viewer: Viewer) -> None:
+    """Layers > Segment: open (or show) the Reconstruct widget with the active layer as its input."""
+    open_reconstruct_widget(viewer)
+
+
+def open_reconstruct_widget(viewer: Viewer) -> ReconstructWidget:
     _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, RECONSTRUCT_WIDGET)
     active = viewer.layers.selection.active
     if active is not None:

@@ -332,7 +332,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         pretrain_steps(model_config, config, models=args.models, shapes=shapes, device=device),
         ProgressPrinter(args.quiet),
     )
-    prior.training["command"] = "napari-dropsembles " + " ".join(sys.argv[1:])
+    prior.training["command"] = "napari-dropsembles " + " ".join(args.argv)
     save_prior(prior, args.out)
     if not args.quiet:
         print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) in {prior.training['wall_time_s']} s")
@@ -449,6 +449,7 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     try:
         return COMMANDS[args.command](args)
     except Cancelled:

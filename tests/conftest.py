@@ -88,5 +88,5 @@ def ellipsoid_prior() -> Prior:
     from napari_dropsembles.core.predict import run_to_end
     from napari_dropsembles.core.pretrain import PretrainConfig, pretrain_steps
 
-    config = PretrainConfig(steps=60, batch_size=4, points_per_sample=1024, lr=3e-3, samples=48, fisher_samples=8)
-    return run_to_end(pretrain_steps(TINY, config, models=3, shapes=random_ellipsoids(16)))
+    config = PretrainConfig(steps=50, batch_size=4, points_per_sample=1024, lr=3e-3, samples=32, fisher_samples=8)
+    return run_to_end(pretrain_steps(TINY, config, models=2, shapes=random_ellipsoids(16)))

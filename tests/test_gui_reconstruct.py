@@ -15,7 +15,7 @@ viewer = gui_support.viewer  # fixtures
 notifications = gui_support.notifications
 tiny_prior_path = gui_support.tiny_prior_path
 
-pytestmark = requires_gui
+pytestmark = [requires_gui, pytest.mark.gui]
 
 PLUGIN, WIDGET = "napari-dropsembles", "Reconstruct with uncertainty"
 
@@ -237,6 +237,8 @@ def test_bad_inputs_and_a_failing_worker_show_an_error_and_change_no_layer(
     corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
     cases.append((good, "corrupt.safetensors", lambda: widget.add_prior(corrupt)))
 
+    working = tasks.reconstruct_structures_steps
+
     def broken(masks, prior, config, cancel=None):  # fails after showing a live preview
         mask = next(iter(masks.values()))
         yield Progress("finetune", 1, 10, loss=0.7, preview=mask.with_data(mask.data.astype(np.float32)))
@@ -262,6 +264,16 @@ def test_bad_inputs_and_a_failing_worker_show_an_error_and_change_no_layer(
         assert widget.status.state is RunState.FAILED and widget.run_panel.button.text() == "Run"
         assert [each for each, _ in snapshot] == list(viewer.layers), layer.name
         assert all(np.array_equal(each.data, data, equal_nan=True) for each, data in snapshot), layer.name
+
+    # the widget is usable again: the continuous image with a threshold ticked reconstructs
+    monkeypatch.setattr(tasks, "reconstruct_structures_steps", working)
+    widget.live_preview.value = False
+    widget.input.value = viewer.layers["continuous image"]
+    assert not widget.use_image_threshold.native.isHidden()  # offered for images
+    widget.use_image_threshold.value = True
+    widget.image_threshold.value = 0.5
+    widget.run()
+    assert widget.status.state is RunState.DONE, widget.status.message
 
 
 def _paint_second_label(layer):
@@ -296,13 +308,13 @@ def test_structure_table_rows_match_the_labels_and_centre_the_view(viewer, tiny_
 def test_layers_menu_entry_opens_the_widget_on_the_active_layer(viewer):
     from napari._app_model import get_app_model
 
-    from napari_dropsembles._widget import reconstruct_selected_layer
-
+    command = "napari-dropsembles.reconstruct_selected_layer"
     sphere = add_volume(viewer, sphere_volume(), "sphere")
     add_volume(viewer, sphere_volume(radius_mm=5), "other")
     viewer.layers.selection.active = sphere
-    menu = get_app_model().menus.get_menu("napari/layers/segment")
-    assert any(getattr(item, "command", None) and item.command.id == "napari-dropsembles.reconstruct_selected_layer"
-               for item in menu)
-    widget = reconstruct_selected_layer(viewer)
+    app = get_app_model()
+    menu = app.menus.get_menu("napari/layers/segment")
+    assert any(getattr(item, "command", None) and item.command.id == command for item in menu)
+    app.commands.execute_command(command).result()  # as the menu does (the viewer is injected)
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)  # the one already open
     assert widget.input.value is sphere

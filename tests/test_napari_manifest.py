@@ -104,6 +104,13 @@ def test_image_writer_keeps_the_layer_frame(tmp_path, kind):
     assert np.allclose(volume.spacing, (0.5, 0.7, 2.5)) and np.allclose(volume.origin, (-3.0, 4.0, 12.0))
 
 
+def test_image_writer_applies_a_layer_affine_after_scale_and_translate(tmp_path):
+    meta = {"scale": (1.0, 2.0, 3.0), "translate": (1.0, 1.0, 1.0), "affine": np.diag([2.0, 1.0, 1.0, 1.0])}
+    [written] = write_image(str(tmp_path / "a.nii.gz"), np.ones((2, 3, 4), np.float32), meta)
+    volume = read_volume(written)
+    assert np.allclose(volume.spacing, (2.0, 2.0, 3.0)) and np.allclose(volume.origin, (2.0, 1.0, 1.0))
+
+
 def test_sample_data_gives_an_observation_and_its_ground_truth_offline():
     from napari_dropsembles._sample_data import sample_vertebra
 

@@ -27,6 +27,7 @@ from napari_dropsembles.core.structures import (
     flag_rows,
     reconstruct_structures_steps,
     structure_masks,
+    surface_shell,
 )
 from napari_dropsembles.core.volume import Volume, affine_from_spacing
 
@@ -94,6 +95,15 @@ def test_structure_table_gives_member_volumes_and_flags_the_uncertain_one():
     assert rows[2].band_variance > rows[0].band_variance
     assert [r.flagged for r in rows] == [False, False, True]
     assert np.allclose(rows[2].centre_mm, (60, 0, 0), atol=0.6)
+
+
+def test_surface_shell_is_the_band_two_voxels_either_side_of_the_boundary():
+    inside = np.zeros((20, 20, 20), bool)
+    inside[5:15, 5:15, 5:15] = True
+    shell = surface_shell(inside, 2)
+    assert shell.sum() == 14**3 - 6**3
+    assert shell[3, 10, 10] and shell[6, 10, 10] and not shell[2, 10, 10] and not shell[7, 10, 10]
+    assert not surface_shell(np.zeros((4, 4, 4), bool)).any()
 
 
 def test_flag_rows_marks_missing_surfaces_and_outliers():

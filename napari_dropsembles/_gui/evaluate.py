@@ -41,6 +41,7 @@ class ReliabilityCanvas(QWidget):
         self.figure = Figure(figsize=(3.2, 3.0), dpi=90, facecolor="#262930")
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.axes = self.figure.add_subplot(111)
+        self.figure.subplots_adjust(left=0.17, right=0.96, bottom=0.16, top=0.9)  # fixed: no tight_layout per plot
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.canvas)
@@ -69,7 +70,6 @@ class ReliabilityCanvas(QWidget):
         legend = ax.legend(fontsize=7, loc="upper left", facecolor="#262930", edgecolor="#555555")
         for text in legend.get_texts():
             text.set_color("#dddddd")
-        self.figure.tight_layout()
         self.canvas.draw_idle()
 
 

@@ -42,6 +42,10 @@ class TrainPriorWidget(QWidget):
         )
         self.data_folder = FileEdit(label="Mask folder", mode="d", tooltip="dense 3D masks (.nii.gz, .tif, .npy)")
         self.steps = SpinBox(label="Steps", value=defaults.steps, min=1, max=1_000_000)
+        self.samples = SpinBox(
+            label="Training samples", value=defaults.samples, min=1, max=1_000_000,
+            tooltip="sliced, corrupted examples made up front from the shapes",
+        )
         self.batch_size = SpinBox(label="Batch size", value=defaults.batch_size, min=1, max=256)
         self.shapes = SpinBox(label="Shape pool (0 = new each time)", value=defaults.shapes, min=0, max=100_000)
         self.models = SpinBox(label="Networks (deep ensemble: M)", value=1, min=1, max=16)
@@ -57,8 +61,9 @@ class TrainPriorWidget(QWidget):
         )
         self.form = Container(
             widgets=[
-                self.source, self.data_folder, self.steps, self.batch_size, self.shapes, self.models, self.dropout,
-                self.grid_size, self.hidden, self.blocks, self.fisher_samples, self.seed, self.device, self.out_path,
+                self.source, self.data_folder, self.steps, self.samples, self.batch_size, self.shapes, self.models,
+                self.dropout, self.grid_size, self.hidden, self.blocks, self.fisher_samples, self.seed, self.device,
+                self.out_path,
             ],
             labels=True,
         )
@@ -88,8 +93,8 @@ class TrainPriorWidget(QWidget):
             if not folder.is_dir():
                 raise InputError(f"choose a folder of dense masks (got {folder})")
         config = PretrainConfig(
-            steps=int(self.steps.value), batch_size=int(self.batch_size.value), shapes=int(self.shapes.value),
-            fisher_samples=int(self.fisher_samples.value), seed=int(self.seed.value),
+            steps=int(self.steps.value), samples=int(self.samples.value), batch_size=int(self.batch_size.value),
+            shapes=int(self.shapes.value), fisher_samples=int(self.fisher_samples.value), seed=int(self.seed.value),
         )
         return PretrainRequest(
             out_path=Path(self.out_path.value), model_config=self.model_config(), config=config,

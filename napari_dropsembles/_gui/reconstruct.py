@@ -265,8 +265,11 @@ class ReconstructWidget(QWidget):
         self._refresh_labels(layer)
 
     def _refresh_labels(self, layer) -> None:
+        from napari.layers import Image
+
         choices = [("(binary mask)", BINARY)]
-        if layer is not None and not (self.use_image_threshold.value and self.use_image_threshold.visible):
+        thresholded = isinstance(layer, Image) and self.use_image_threshold.value
+        if layer is not None and not thresholded:
             try:
                 data = np.asarray(layer.data[0] if getattr(layer, "multiscale", False) else layer.data)
                 labels = list_labels(Volume(data)) if data.ndim == 3 else []
@@ -430,6 +433,8 @@ class ReconstructWidget(QWidget):
     def _on_finished(self, outcome: Outcome) -> None:
         self._live = False
         self._running.close_activity()
+        if is_deleted(self):
+            return
         if outcome.state is RunState.DONE:
             self._show_result(outcome.value)
             return
@@ -533,6 +538,8 @@ class ReconstructWidget(QWidget):
         task.start()
 
     def _remesh_done(self, serial: int, source: ReconstructOutput, outcome: Outcome) -> None:
+        if is_deleted(self):
+            return
         if outcome.state is RunState.DONE and source is self.current and serial > self._remesh_applied:
             self._remesh_applied = serial
             self._apply_remesh(outcome.value)

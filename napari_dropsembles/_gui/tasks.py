@@ -207,6 +207,9 @@ def remesh_task(
 # --------------------------------------------------------------------------- pretrain
 
 
+PRETRAIN_PHASES = {"data": (0.0, 0.2), "pretrain": (0.2, 0.97), "fisher": (0.97, 1.0)}  # share of one network
+
+
 @dataclass(frozen=True)
 class PretrainRequest:
     out_path: Path
@@ -236,12 +239,8 @@ def pretrain_task(request: PretrainRequest, cancel: CancelFlag) -> Generator[Pro
         from ..cli import _mask_shapes
 
         shapes = _mask_shapes(Path(request.data_folder))
-    config = request.config
-    fisher_batches = max(1, config.fisher_samples // config.batch_size)
-    per_model = config.steps + fisher_batches
-    total = per_model * request.models
     steps = pretrain_steps(
-        request.model_config, config, models=request.models, shapes=shapes, device=device, cancel=cancel
+        request.model_config, request.config, models=request.models, shapes=shapes, device=device, cancel=cancel
     )
     with one_core_for_the_viewer():
         while True:
@@ -250,9 +249,9 @@ def pretrain_task(request: PretrainRequest, cancel: CancelFlag) -> Generator[Pro
             except StopIteration as done:
                 prior = done.value
                 break
-            model = progress.extra.get("model", 0)
-            within = progress.step if progress.phase == "pretrain" else config.steps + progress.step
-            progress.extra["overall"] = (model * per_model + within) / total
+            lo, hi = PRETRAIN_PHASES.get(progress.phase, (0.0, 1.0))
+            within = lo + (hi - lo) * min(progress.fraction, 1.0)
+            progress.extra["overall"] = (progress.extra.get("model", 0) + within) / request.models
             yield progress
     check_cancel(cancel)
     prior.training["saved_from"] = "napari-dropsembles Train a prior widget"

@@ -23,6 +23,7 @@ from ..core.progress import CancelToken, Progress
 from .state import RunState
 
 SYNC_ENV = "DROPSEMBLES_SYNC_WORKERS"
+THROTTLE_S = 0.2  # at most 5 progress repaints a second: each one re-composites the window
 logger = logging.getLogger(__name__)
 
 
@@ -116,7 +117,7 @@ class Task:
         on_progress: Callable[[Progress], None],
         on_finished: Callable[[Outcome], None],
         sync: bool | None = None,
-        throttle_s: float = 0.05,
+        throttle_s: float = THROTTLE_S,
     ) -> None:
         self.factory = factory
         self.cancel_token = CancelToken()

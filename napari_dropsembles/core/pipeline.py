@@ -16,7 +16,9 @@ import numpy as np
 import torch
 
 from .. import __version__
+from .adaptive import predict_grid_adaptive_steps
 from .checkpoint import Prior
+from .chunking import PRECISIONS, precision_note
 from .device import resolve_device
 from .errors import InputError
 from .finetune import FinetuneConfig
@@ -46,9 +48,11 @@ class ReconstructionConfig:
     threshold: float = 0.5
     device: str = "auto"
     seed: int = 0
-    chunk: int = 65536
+    chunk: int | None = None  # points per network call; None = chosen for the device (core/chunking)
     keep_members: bool = False
     preview_interval_s: float = 0.0  # > 0: attach a coarse mean to progress this often
+    adaptive: bool = True  # coarse-to-fine grid evaluation (core/adaptive); False = query every voxel
+    precision: str = "fp32"  # "fp32", "tf32" or "bf16": CUDA only (other devices run float32)
 
     def validate(self) -> None:
         if not 0 < self.threshold < 1:
@@ -57,6 +61,10 @@ class ReconstructionConfig:
             raise InputError(f"--resolution must be positive (mm), got {self.resolution_mm}")
         if self.lr <= 0 or self.points_per_step < 1 or not 0 <= self.holdout < 0.9:
             raise InputError("lr and points per step must be positive and holdout in [0, 0.9)")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.chunk is not None and self.chunk < 1:
+            raise InputError(f"chunk must be a positive number of points, got {self.chunk}")
         self.method_config().validate()
 
     def method_config(self) -> MethodConfig:
@@ -111,6 +119,11 @@ class Reconstruction:
                 "best_holdout_bce": self.fitted.history.get("best_holdout"),
                 "train_points": self.fitted.history.get("train_points"),
                 "holdout_points": self.fitted.history.get("holdout_points"),
+            },
+            "execution": {
+                "decoder_formulation": getattr(self.fitted.decoder, "formulation", "batched"),
+                "adaptive_grid": self.config.adaptive,
+                "precision_note": precision_note(self.device, self.config.precision),
             },
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "metrics": self.metrics,
@@ -173,7 +186,9 @@ def reconstruct_steps(
     timings["prepare"] = time.perf_counter() - started
 
     tick = time.perf_counter()
-    fitting = fit_steps(case, prior, config.method_config(), device=device, cancel=cancel)
+    fitting = fit_steps(
+        case, prior, config.method_config(), device=device, precision=config.precision, cancel=cancel
+    )
     last_preview = time.perf_counter()
     fitted: Fitted | None = None
     while fitted is None:
@@ -190,9 +205,13 @@ def reconstruct_steps(
 
     tick = time.perf_counter()
     affine, shape = target if target is not None else output_grid(fitted, observation, config.resolution_mm)
-    maps = yield from predict_grid_steps(
-        fitted, affine, shape, chunk=config.chunk, keep_members=config.keep_members, cancel=cancel
-    )
+    grid_kwargs = dict(chunk=config.chunk, keep_members=config.keep_members, precision=config.precision)
+    if config.adaptive:
+        maps = yield from predict_grid_adaptive_steps(
+            fitted, affine, shape, threshold=config.threshold, cancel=cancel, **grid_kwargs
+        )
+    else:
+        maps = yield from predict_grid_steps(fitted, affine, shape, cancel=cancel, **grid_kwargs)
     timings["predict"] = time.perf_counter() - tick
     tick = time.perf_counter()
     mesh = extract_mesh(maps.mean, config.threshold, maps.variance)

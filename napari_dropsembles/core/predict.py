@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .chunking import autocast, choose_chunk, run_chunked
 from .methods import Fitted
 from .progress import CancelFlag, Progress, check_cancel
 from .volume import Volume
@@ -52,33 +53,72 @@ def grid_points_mm(affine: np.ndarray, shape: tuple[int, int, int], start: int, 
     return index @ affine[:3, :3].T + affine[:3, 3]
 
 
+def dense_chunk_default(fitted: Fitted) -> int:
+    """Points per network call when the caller gives none: measured per device (core/chunking)."""
+    return choose_chunk(fitted.device, fitted.members, fitted.decoder.config.hidden)
+
+
+def query_voxels(
+    fitted: Fitted,
+    affine: np.ndarray,
+    shape: tuple[int, int, int],
+    flat_index: np.ndarray | range,
+    chunk: int,
+    *,
+    precision: str = "fp32",
+) -> Iterator[tuple[int, int, tuple[dict[str, np.ndarray], np.ndarray, int]]]:
+    """Query the voxels ``flat_index`` (C order in ``shape``) chunk by chunk.
+
+    Yields ``(start, stop, (statistics, member probabilities [M, n], points inside the cube))``
+    for ``flat_index[start:stop]``. On an out-of-memory error the chunk is halved (chunking.run_chunked).
+    """
+
+    def run(start: int, stop: int):
+        index = np.stack(np.unravel_index(np.asarray(flat_index[start:stop]), shape), axis=1).astype(np.float64)
+        points = fitted.frame.to_normalised(index @ affine[:3, :3].T + affine[:3, 3])
+        points = torch.from_numpy(points.astype(np.float32)).to(fitted.device)
+        inside = int((points.abs() < 0.5).all(-1).sum())  # predict_normalised queries only these
+        with autocast(fitted.device, precision):
+            probs = fitted.predict_normalised(points).float()
+        stats = {name: value.cpu().numpy() for name, value in ensemble_statistics(probs).items()}
+        return stats, probs.cpu().numpy(), inside
+
+    yield from run_chunked(run, len(flat_index), chunk)
+
+
 def predict_grid_steps(
     fitted: Fitted,
     affine: np.ndarray,
     shape: tuple[int, int, int],
     *,
-    chunk: int = 65536,
+    chunk: int | None = 65536,
     keep_members: bool = False,
+    precision: str = "fp32",
     cancel: CancelFlag | None = None,
 ) -> Generator[Progress, None, EnsembleMaps]:
-    """Query every voxel centre of the grid; yields Progress per chunk."""
+    """Query every voxel centre of the grid; yields Progress per chunk.
+
+    ``chunk`` None: chosen for the device (chunking.choose_chunk). ``queries`` counts the point x
+    member evaluations made (voxels outside the case's unit cube are not queried).
+    """
     total = int(np.prod(shape))
+    chunk = int(chunk) if chunk else dense_chunk_default(fitted)
     maps = {name: np.zeros(total, dtype=np.float32) for name in MAP_NAMES}
     members = np.zeros((fitted.members, total), dtype=np.float16) if keep_members else None
     chunks = (total + chunk - 1) // chunk
-    for i, start in enumerate(range(0, total, chunk)):
+    queries = 0
+    voxels = range(total)  # sliced per chunk: no index array of the whole grid
+    for start, stop, (stats, probs, inside) in query_voxels(fitted, affine, shape, voxels, chunk, precision=precision):
         check_cancel(cancel)
-        stop = min(start + chunk, total)
-        points = fitted.frame.to_normalised(grid_points_mm(affine, shape, start, stop))
-        probs = fitted.predict_normalised(torch.from_numpy(points.astype(np.float32)).to(fitted.device))
-        for name, value in ensemble_statistics(probs).items():
-            maps[name][start:stop] = value.cpu().numpy()
+        for name, value in stats.items():
+            maps[name][start:stop] = value
         if members is not None:
-            members[:, start:stop] = probs.cpu().numpy()
-        yield Progress("predict", i + 1, chunks)
+            members[:, start:stop] = probs
+        queries += inside * fitted.members
+        yield Progress("predict", min(chunks, -(-stop // chunk)), chunks)
     volumes = {name: Volume(values.reshape(shape), affine) for name, values in maps.items()}
     member_grid = members.reshape(fitted.members, *shape) if members is not None else None
-    return EnsembleMaps(**volumes, members=member_grid, queries=total * fitted.members)
+    return EnsembleMaps(**volumes, members=member_grid, queries=queries)
 
 
 def run_to_end(steps: Generator) -> object:

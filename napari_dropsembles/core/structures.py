@@ -18,13 +18,13 @@ from scipy import ndimage
 from .errors import InputError
 from .io import binary_mask_from_volume, list_labels
 from .mesh import Mesh, extract_mesh
-from .metrics import surface_band
 from .pipeline import Reconstruction, ReconstructionConfig, reconstruct_steps
 from .progress import CancelFlag, Progress, check_cancel
 from .volume import Volume
 
 FLAG_RATIO = 1.5  # band variance this many times the median of the structures -> flagged
 FLAG_CV = 0.10  # member volumes spread (std / mean) above this -> flagged
+BAND_VOXELS = 2  # the surface band of the table: within 2 voxels of the mean's surface
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class StructureRow:
     label: int
     volume_ml: float  # mean over members of the volume inside the member's surface
     volume_ml_std: float  # spread of that volume across members
-    band_variance: float  # mean member variance within 2 voxels of the mean surface
+    band_variance: float  # mean member variance within 2 voxels of the mean's surface (either side)
     centre_mm: tuple[float, float, float]
     flagged: bool = False
     reason: str = ""
@@ -48,6 +48,29 @@ def structure_masks(volume: Volume, labels: list[int] | None = None) -> dict[int
     return {label: binary_mask_from_volume(volume, label=label) for label in labels}
 
 
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Dilation by a (2r+1)^3 cube, separable, by array shifts (fast, and numpy releases the GIL)."""
+    out = mask.copy()
+    for axis in range(mask.ndim):
+        grown = out.copy()
+        for shift in range(1, radius + 1):
+            ahead = [slice(None)] * mask.ndim
+            behind = [slice(None)] * mask.ndim
+            ahead[axis], behind[axis] = slice(shift, None), slice(None, -shift)
+            grown[tuple(behind)] |= out[tuple(ahead)]
+            grown[tuple(ahead)] |= out[tuple(behind)]
+        out = grown
+    return out
+
+
+def surface_shell(inside: np.ndarray, radius: int = 2) -> np.ndarray:
+    """Voxels within ``radius`` voxels (chessboard distance) of the boundary of ``inside``, both sides."""
+    inside = np.asarray(inside, dtype=bool)
+    if not inside.any() or inside.all():
+        return np.zeros(inside.shape, bool)
+    return _dilate(inside, radius) & _dilate(~inside, radius)
+
+
 def structure_row(label: int, result: Reconstruction, threshold: float | None = None) -> StructureRow:
     """Volume (mean and spread across members), surface-band variance and centre of one result."""
     level = result.config.threshold if threshold is None else float(threshold)
@@ -58,7 +81,7 @@ def structure_row(label: int, result: Reconstruction, threshold: float | None = 
         member_ml = np.array([np.count_nonzero(m >= level) * voxel_ml for m in result.maps.members])
     else:  # members not kept: the mean's volume, spread unknown
         member_ml = np.array([np.count_nonzero(inside) * voxel_ml])
-    band = surface_band(inside, mean.spacing, 2.0)
+    band = surface_shell(inside, BAND_VOXELS)
     band_variance = float(np.asarray(result.maps.variance.data)[band].mean()) if band.any() else math.nan
     where = inside if inside.any() else np.asarray(result.observation.data) > 0
     source = mean if inside.any() else result.observation

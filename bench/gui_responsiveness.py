@@ -1,0 +1,205 @@
+"""How responsive is napari while the Reconstruct widget works? (longest gap of a 10 ms main-thread timer)
+
+Opens the sample vertebra in a visible viewer, runs the Reconstruct widget with its default
+settings in the background, and records every tick of a 10 ms ``QTimer`` on the main thread.
+A gap between ticks is time the event loop could not run (no repaint, no mouse). Reported per
+phase: fine-tuning and prediction (worker busy), placing the result layers, and dragging the
+threshold slider afterwards.
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" python bench/gui_responsiveness.py [--prior P] [--json OUT]
+
+Without a bundled prior and without ``--prior``, an untrained prior of the default architecture
+is used: the cost of a run (what this measures) does not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def register_plugin() -> None:
+    from npe2 import PluginManager, PluginManifest
+
+    manager = PluginManager.instance()
+    if "napari-dropsembles" not in manager:
+        manager.register(PluginManifest.from_file(ROOT / "napari.yaml"))
+
+
+def untrained_prior(path: Path) -> Path:
+    """A prior with the default architecture and random weights (same compute as a trained one)."""
+    import torch
+
+    from napari_dropsembles.core.checkpoint import PretrainedModel, Prior, save_prior
+    from napari_dropsembles.core.config import ModelConfig
+    from napari_dropsembles.core.ensemble import EnsembleDecoder
+    from napari_dropsembles.core.model import VoxelEncoder
+
+    config = ModelConfig()
+    torch.manual_seed(0)
+    decoder = EnsembleDecoder(config, 1, torch.Generator().manual_seed(0))
+    state = {name: p.detach().clone() for name, p in decoder.parameter_dict().items()}
+    model = PretrainedModel(VoxelEncoder(config).eval(), state, {k: torch.ones_like(v) for k, v in state.items()})
+    return save_prior(Prior(config, [model], {"data": "none (responsiveness benchmark)"}), path)
+
+
+class TickRecorder:
+    """A 10 ms QTimer on the main thread; gaps between ticks = time the event loop was blocked."""
+
+    def __init__(self) -> None:
+        from qtpy.QtCore import Qt, QTimer
+
+        self.times: list[float] = []
+        self.marks: list[tuple[float, str]] = []
+        self.timer = QTimer()
+        self.timer.setTimerType(Qt.TimerType.PreciseTimer)
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(lambda: self.times.append(time.perf_counter()))
+
+    def start(self) -> None:
+        self.times = [time.perf_counter()]
+        self.timer.start()
+
+    def mark(self, name: str) -> None:
+        self.marks.append((time.perf_counter(), name))
+
+    def stop(self) -> None:
+        self.timer.stop()
+
+    def gaps_ms(self, start: float, stop: float) -> np.ndarray:
+        t = np.asarray(self.times)
+        inside = t[(t >= start) & (t <= stop)]
+        return np.diff(inside) * 1000 if len(inside) > 1 else np.zeros(0)
+
+
+def summary(gaps: np.ndarray) -> dict:
+    if not len(gaps):
+        return {"ticks": 0}
+    return {
+        "ticks": int(len(gaps)),
+        "max_gap_ms": round(float(gaps.max()), 1),
+        "p99_gap_ms": round(float(np.percentile(gaps, 99)), 1),
+        "median_gap_ms": round(float(np.median(gaps)), 1),
+        "gaps_over_100ms": int((gaps > 100).sum()),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prior", type=Path, help="prior .safetensors (default: bundled, else untrained)")
+    parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: the widget's)")
+    parser.add_argument("--members", type=int, default=None)
+    parser.add_argument("--spacing", type=float, default=0.0, help="output spacing mm (0: the input's finest)")
+    parser.add_argument("--json", type=Path, help="write the numbers here too")
+    args = parser.parse_args(argv)
+
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_dropsembles._gui.state import RunState
+    from napari_dropsembles.core.paths import bundled_prior_path
+
+    register_plugin()
+    prior = args.prior
+    if prior is None:
+        prior = bundled_prior_path() if bundled_prior_path().is_file() else untrained_prior(
+            Path("/tmp") / "dropsembles_bench_untrained_prior.safetensors"
+        )
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1600, 1000)
+    viewer.open_sample("napari-dropsembles", "vertebra")
+    observation = viewer.layers["vertebra observation"]
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-dropsembles", "Reconstruct with uncertainty")
+    widget.sync = False
+    widget.add_prior(prior)
+    widget.input.value = observation
+    widget.spacing.value = args.spacing
+    if args.steps is not None:
+        widget.steps.value = args.steps
+    if args.members is not None:
+        widget.members.value = args.members
+    app = QApplication.instance()
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.01)
+
+    recorder = TickRecorder()
+    recorder.start()
+    idle_start = time.perf_counter()
+    while time.perf_counter() < idle_start + 2.0:  # baseline: the same viewer, idle, on this machine
+        app.processEvents()
+        time.sleep(0.001)
+    placements = []
+    place_next = widget._place_next
+
+    def timed_place_next(*place_args):
+        tick = time.perf_counter()
+        place_next(*place_args)
+        placements.append(round(1000 * (time.perf_counter() - tick), 1))
+
+    widget._place_next = timed_place_next
+    started = time.perf_counter()
+    task = widget.run()
+    computing_done = None
+    while widget.status.state is RunState.RUNNING:
+        app.processEvents()
+        if computing_done is None and task.outcome is not None:
+            computing_done = time.perf_counter()
+        time.sleep(0.001)
+    placed = time.perf_counter()
+    if widget.status.state is not RunState.DONE:
+        print(f"the run did not finish: {widget.status.state} {widget.status.message}", file=sys.stderr)
+        return 1
+    # drag the threshold slider across its range (a value every 30 ms), then let it settle
+    drag_start = time.perf_counter()
+    for value in np.linspace(0.5, 0.2, 20):
+        widget.threshold.setValue(float(value))
+        until = time.perf_counter() + 0.03
+        while time.perf_counter() < until:
+            app.processEvents()
+            time.sleep(0.001)
+    until = time.perf_counter() + 1.5
+    while time.perf_counter() < until:
+        app.processEvents()
+        time.sleep(0.001)
+    drag_stop = time.perf_counter()
+    recorder.stop()
+
+    output = widget.current
+    report = {
+        "prior": str(prior),
+        "config": {
+            "method": widget.method.value, "members": widget.members.value, "steps": widget.steps.value,
+            "spacing_mm": widget.spacing.value or "input's finest",
+        },
+        "grid": list(output.structures.mean.shape),
+        "device": output.structures.device,
+        "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
+        "run_s": round(placed - started, 2),
+        "idle_baseline": summary(recorder.gaps_ms(idle_start, started)),
+        "during_the_run": summary(recorder.gaps_ms(started, computing_done or placed)),
+        "placing_the_layers": summary(recorder.gaps_ms(computing_done or placed, placed)),
+        "each_layer_placement_ms": placements,
+        "whole_run": summary(recorder.gaps_ms(started, placed)),
+        "dragging_the_threshold": summary(recorder.gaps_ms(drag_start, drag_stop)),
+        "last_remesh_ms": round(1000 * widget.last_remesh.elapsed_s, 1) if widget.last_remesh else None,
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
