@@ -38,8 +38,16 @@ def _finetune(prior, model, points, features, labels, members: int, config: Fine
     decoder.set_masks(sample_member_masks(members, prior.config, torch.Generator().manual_seed(seed)))
     started = time.perf_counter()
     run_to_end(
-        finetune_steps(decoder, features, points, labels, config, anchor=model.decoder, fisher=model.fisher,
-                       generator=torch.Generator().manual_seed(seed))
+        finetune_steps(
+            decoder,
+            features,
+            points,
+            labels,
+            config,
+            anchor=model.decoder,
+            fisher=model.fisher,
+            generator=torch.Generator().manual_seed(seed),
+        )
     )
     return time.perf_counter() - started
 
@@ -79,7 +87,7 @@ def main() -> None:
         "batched_vs_loop": round(best["M=4 batched"] / best["M=4 one after another"], 2),
     }
     print(f"Fine-tuning {args.steps} steps x {config.points_per_step} points, torch threads {torch.get_num_threads()}")
-    print("| configuration | seconds (best of %d) | x one member |" % args.repeats)
+    print(f"| configuration | seconds (best of {args.repeats}) | x one member |")
     print("|---|---|---|")
     for name, value in best.items():
         print(f"| {name} | {value:.2f} | {value / one:.2f} |")

@@ -42,7 +42,9 @@ def summarise(cases: list[dict]) -> dict:
         groups.setdefault(name, []).append(case)
         groups.setdefault("all", []).append(case)
     summary = {}
-    for name, members in groups.items():
+    order = sorted(name for name in groups if name != "all") + ["all"]
+    for name in order:
+        members = groups[name]
         methods = members[0]["scores"].keys()
         summary[name] = {
             method: {k: float(np.nanmean([c["scores"][method][k] for c in members])) for k in KEYS}
@@ -63,8 +65,12 @@ def markdown(summary: dict, config: ReconstructionConfig, prior_name: str, secon
         "",
     ]
     for group, methods in summary.items():
-        lines += [f"## {group} ({methods['cases']} cases)", "", "| method | " + " | ".join(KEYS) + " |",
-                  "|---" * (len(KEYS) + 1) + "|"]
+        lines += [
+            f"## {group} ({methods['cases']} cases)",
+            "",
+            "| method | " + " | ".join(KEYS) + " |",
+            "|---" * (len(KEYS) + 1) + "|",
+        ]
         for method, values in methods.items():
             if method == "cases":
                 continue
@@ -79,9 +85,17 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=20)
     parser.add_argument("--factors", type=float, nargs="+", default=[3.0, 4.0])
     parser.add_argument("--out", type=Path, default=Path("docs/heldout_quality"))
+    parser.add_argument("--report-only", action="store_true", help="rewrite the markdown from the saved JSON")
     args = parser.parse_args()
     prior = load_prior(args.prior)
     config = ReconstructionConfig(device="cpu")
+    if args.report_only:
+        saved = json.loads(args.out.with_suffix(".json").read_text())
+        cases = saved["cases"]
+        text = markdown(summarise(cases), config, prior.name, saved.get("seconds", float("nan")))
+        args.out.with_suffix(".md").write_text(text)
+        print(text)
+        return
     started = time.perf_counter()
     cases = []
     for i in range(args.cases):
@@ -89,16 +103,21 @@ def main() -> None:
             case = run_case(prior, 10000 + i, factor, corrupted=bool(i % 2), config=config)
             cases.append(case)
             d = case["scores"]
-            print(f"case {i} {factor:g}x corrupted={case['corrupted']}: dice {d['dropsembles']['dice']:.4f} "
-                  f"(shape-based {d['shape_based']['dice']:.4f}) auroc {d['dropsembles']['auroc']:.3f} "
-                  f"{case['seconds']:.1f}s", flush=True)
+            print(
+                f"case {i} {factor:g}x corrupted={case['corrupted']}: dice {d['dropsembles']['dice']:.4f} "
+                f"(shape-based {d['shape_based']['dice']:.4f}) auroc {d['dropsembles']['auroc']:.3f} "
+                f"{case['seconds']:.1f}s",
+                flush=True,
+            )
     seconds = time.perf_counter() - started
     summary = summarise(cases)
     text = markdown(summary, config, prior.name, seconds)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps({"summary": summary, "cases": cases}, indent=1))
+    args.out.with_suffix(".json").write_text(
+        json.dumps({"summary": summary, "cases": cases, "seconds": seconds}, indent=1)
+    )
 
 
 if __name__ == "__main__":

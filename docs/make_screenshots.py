@@ -84,6 +84,27 @@ def settle(app, seconds: float = 0.5) -> None:
         time.sleep(0.01)
 
 
+def zoom_on(viewer, centre_mm, size_mm, app, fill: float = 0.8) -> None:
+    """Centre the camera on a box and zoom so that it fills ``fill`` of the canvas (keeps the 3D angles)."""
+    displayed = list(viewer.dims.displayed)
+    height, width = viewer.screenshot(canvas_only=True, flash=False).shape[:2]
+    size = np.maximum(np.asarray(size_mm, dtype=float), 1e-6)
+    if len(displayed) == 2:
+        viewer.camera.center = (0.0, *[float(centre_mm[d]) for d in displayed])
+        viewer.camera.zoom = fill * min(height / size[displayed[0]], width / size[displayed[1]])
+    else:
+        viewer.camera.center = tuple(float(c) for c in centre_mm)
+        viewer.camera.zoom = fill * min(height, width) / float(np.linalg.norm(size))
+    settle(app)
+
+
+def single_colour(layer, colour: str) -> None:
+    """Show every label of a Labels layer in one colour."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    layer.colormap = DirectLabelColormap(color_dict={None: colour, 0: "transparent"})
+
+
 def lit_share(image: np.ndarray, background_level: int = 60) -> float:
     """Share of pixels brighter than napari's dark theme background."""
     rgb = np.asarray(image)[..., :3].astype(int)
@@ -145,21 +166,23 @@ def main(argv=None) -> int:
     layers = {role_of(layer): layer for layer in viewer.layers if role_of(layer)}
     structures = widget.current.structures
 
-    # 2D: a slice across the thick slices, through the middle of the object
+    # 2D: a slice across the thick slices, through the middle of the object: the observation (blue),
+    # the mean occupancy (grey) and the variance heatmap (additive) on top
     thick_axis = int(np.argmax(observation.scale))
     order = [a for a in range(3) if a != thick_axis]
     viewer.dims.order = (order[0], order[1], thick_axis)  # slide along an in-plane axis
     inside = np.argwhere(structures.mean.data >= structures.threshold)
-    centre = structures.mean.index_to_world(inside.mean(axis=0)[None])[0] if len(inside) else None
-    if centre is not None:
-        viewer.dims.set_point(viewer.dims.order[0], centre[viewer.dims.order[0]])
+    corners = structures.mean.index_to_world(np.array([inside.min(axis=0), inside.max(axis=0)]))
+    centre = corners.mean(axis=0)
+    viewer.dims.set_point(order[0], centre[order[0]])
     layers["mesh"].visible = False
-    layers["mean"].visible = True
-    layers["thresholded"].visible = True
+    layers["thresholded"].visible = False
+    layers["mean"].opacity = 0.3  # the reconstruction, grey
+    observation.opacity = 0.4
+    single_colour(observation, "#3fb6ff")  # the observed slices, blue
     viewer.layers.selection.active = layers["variance"]
     viewer.reset_view()
-    viewer.camera.zoom *= 0.95
-    settle(app)
+    zoom_on(viewer, centre, np.abs(corners[1] - corners[0]), app)
     save_checked(viewer, args.out_dir / "screenshot_2d_variance.png", 0.02)
 
     # 3D: the mesh coloured by variance (same contrast limits as the heatmap)
@@ -171,8 +194,7 @@ def main(argv=None) -> int:
     viewer.layers.selection.active = layers["mesh"]
     viewer.reset_view()
     viewer.camera.angles = (-20.0, 35.0, 130.0)
-    viewer.camera.zoom *= 1.1
-    settle(app)
+    zoom_on(viewer, centre, np.abs(corners[1] - corners[0]), app, fill=1.1)
     save_checked(viewer, args.out_dir / "screenshot_3d_mesh.png", 0.02)
     viewer.close()
     return 0

@@ -53,6 +53,21 @@ def test_fused_forward_and_gradients_equal_batched(shared):
         torch.testing.assert_close(results[0][1][name], results[1][1][name], rtol=1e-4, atol=1e-7, msg=name)
 
 
+def test_reused_buffers_never_corrupt_gradients():
+    """Two forwards before one backward (buffers in use get fresh ones), then steps in a row."""
+    batched, fused = _ensemble("batched"), _ensemble("fused")
+    points, features, labels = _data()
+    for _ in range(2):
+        for decoder in (batched, fused):
+            decoder.zero_grad()
+            first, second = decoder(points, features), decoder(points[:300] * 0.5, features[:300])
+            (F.binary_cross_entropy_with_logits(first, labels.expand_as(first)) + second.square().mean()).backward()
+        for name in DECODER_PARAMS:
+            torch.testing.assert_close(getattr(batched, name).grad, getattr(fused, name).grad, rtol=1e-4, atol=1e-7)
+    fused.eval()
+    assert not fused._workspace.buffers
+
+
 def test_fused_falls_back_where_it_does_not_apply():
     fused = _ensemble("fused")
     points, features, _ = _data(50)

@@ -69,7 +69,7 @@ def _with_metadata(tmp_path, **changes):
 
     with safe_open(str(path), "pt") as handle:
         metadata = handle.metadata()
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     metadata.update(changes)
     return _write(tmp_path, save(tensors, metadata=metadata))
 

@@ -33,12 +33,31 @@ FAST = ["--steps", "5", "--resolution", "2", "--device", "cpu", "--quiet"]
 
 def test_reconstruct_writes_maps_mesh_and_report(tmp_path, files, capsys):
     out = tmp_path / "out"
-    code = main(["reconstruct", str(files["obs"]), "--out", str(out), "--prior", str(files["prior"]),
-                 "--ground-truth", str(files["gt"]), "--members", "2", *FAST])
+    code = main(
+        [
+            "reconstruct",
+            str(files["obs"]),
+            "--out",
+            str(out),
+            "--prior",
+            str(files["prior"]),
+            "--ground-truth",
+            str(files["gt"]),
+            "--members",
+            "2",
+            *FAST,
+        ]
+    )
     assert code == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["entropy.nii.gz", "mean.nii.gz", "mesh.ply", "mutual_information.nii.gz", "report.json",
-                     "variance.nii.gz"]
+    assert names == [
+        "entropy.nii.gz",
+        "mean.nii.gz",
+        "mesh.ply",
+        "mutual_information.nii.gz",
+        "report.json",
+        "variance.nii.gz",
+    ]
     report = json.loads((out / "report.json").read_text())
     assert report["members"] == 2 and report["config"]["method"] == "dropsembles"
     assert set(report["metrics"]) == {"dropsembles", "nearest", "linear", "shape_based"}
@@ -48,8 +67,24 @@ def test_reconstruct_writes_maps_mesh_and_report(tmp_path, files, capsys):
     np.testing.assert_allclose(np.linalg.norm(mean.affine[:3, :3], axis=0), 2.0)
     # evaluate on a --like grid reproduces the report's metrics
     like = tmp_path / "like"
-    assert main(["reconstruct", str(files["obs"]), "--out", str(like), "--prior", str(files["prior"]),
-                 "--like", str(files["gt"]), "--members", "2", *FAST]) == 0
+    assert (
+        main(
+            [
+                "reconstruct",
+                str(files["obs"]),
+                "--out",
+                str(like),
+                "--prior",
+                str(files["prior"]),
+                "--like",
+                str(files["gt"]),
+                "--members",
+                "2",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     assert read_volume(like / "mean.nii.gz").shape == read_volume(files["gt"]).shape
     capsys.readouterr()
     assert main(["evaluate", str(like), str(files["gt"])]) == 0
@@ -63,8 +98,22 @@ def test_simulate_then_reconstruct_with_label_choice(tmp_path, files):
     assert case["observation_spacing_mm"] == [1.0, 1.0, 4.0]
     labels = read_volume(files["obs"]).data.astype(np.uint8) * 3  # label value 3
     multi = write_volume(tmp_path / "multi.nii.gz", Volume(labels, read_volume(files["obs"]).affine), dtype=np.uint8)
-    assert main(["reconstruct", str(multi), "--out", str(tmp_path / "o"), "--prior", str(files["prior"]),
-                 "--label", "3", *FAST]) == 0
+    assert (
+        main(
+            [
+                "reconstruct",
+                str(multi),
+                "--out",
+                str(tmp_path / "o"),
+                "--prior",
+                str(files["prior"]),
+                "--label",
+                "3",
+                *FAST,
+            ]
+        )
+        == 0
+    )
 
 
 def _text_file(path):
@@ -142,7 +191,9 @@ def test_corrupt_prior_exits_2(tmp_path, files, capsys, content, words):
 def test_unwritable_output_folder_exits_2(tmp_path, files, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code = main(["reconstruct", str(files["obs"]), "--out", str(blocker / "sub"), "--prior", str(files["prior"]), *FAST])
+    code = main(
+        ["reconstruct", str(files["obs"]), "--out", str(blocker / "sub"), "--prior", str(files["prior"]), *FAST]
+    )
     assert code == 2 and "cannot write" in capsys.readouterr().err
 
 
@@ -160,10 +211,32 @@ def test_pretrain_on_a_folder_of_dense_masks_writes_a_loadable_prior(tmp_path):
     masks = tmp_path / "masks"
     masks.mkdir()
     for i, radius in enumerate((8.0, 11.0)):
-        write_volume(masks / f"m{i}.nii.gz", sphere_volume(radius_mm=radius, spacing_mm=(1.0, 1.0, 1.0)), dtype=np.uint8)
+        write_volume(
+            masks / f"m{i}.nii.gz", sphere_volume(radius_mm=radius, spacing_mm=(1.0, 1.0, 1.0)), dtype=np.uint8
+        )
     out = tmp_path / "p.safetensors"
-    code = main(["pretrain", "--out", str(out), "--data", str(masks), "--steps", "2", "--samples", "4",
-                 "--batch-size", "2", "--grid", "8", "--hidden", "16", "--blocks", "1", "--quiet"])
+    code = main(
+        [
+            "pretrain",
+            "--out",
+            str(out),
+            "--data",
+            str(masks),
+            "--steps",
+            "2",
+            "--samples",
+            "4",
+            "--batch-size",
+            "2",
+            "--grid",
+            "8",
+            "--hidden",
+            "16",
+            "--blocks",
+            "1",
+            "--quiet",
+        ]
+    )
     assert code == 0
     prior = load_prior(out)
     assert prior.config.grid_size == 8 and prior.training["data"] == "2 dense masks"

@@ -23,12 +23,21 @@ def sync_workers(monkeypatch):
     monkeypatch.setenv("DROPSEMBLES_SYNC_WORKERS", "1")
 
 
-def test_trained_prior_is_saved_and_becomes_selectable_for_reconstruction(viewer, sync_workers, tmp_path):
+def test_trained_prior_is_saved_and_becomes_selectable_for_reconstruction(
+    viewer, sync_workers, notifications, tmp_path, monkeypatch
+):
     from napari_dropsembles._gui.state import RunState
+    from napari_dropsembles.core import pretrain
     from napari_dropsembles.core.checkpoint import load_prior
 
+    monkeypatch.setattr(pretrain.os, "cpu_count", lambda: 1)  # make the few samples here, no worker processes
     _dock, trainer = viewer.window.add_plugin_dock_widget(PLUGIN, "Train a prior")
     _dock, reconstruct = viewer.window.add_plugin_dock_widget(PLUGIN, "Reconstruct with uncertainty")
+    trainer.out_path.value = str(tmp_path / "prior.pt")  # a bad path first: refused, the widget stays usable
+    trainer.run()
+    assert trainer.status.state is RunState.FAILED and ".safetensors" in errors(notifications)[-1]
+    assert trainer.run_panel.button.text() == "Train"
+
     trainer.base_model = TINY
     for name, value in dict(steps=2, samples=2, batch_size=2, shapes=2, fisher_samples=1, grid_size=16, hidden=16,
                             blocks=2, dropout=0.2, device="cpu").items():
@@ -43,17 +52,6 @@ def test_trained_prior_is_saved_and_becomes_selectable_for_reconstruction(viewer
     assert reconstruct.prior.value == str(out.resolve())  # listed and selected in the Reconstruct widget
 
 
-def test_training_refuses_a_bad_save_path(viewer, sync_workers, notifications, tmp_path):
-    from napari_dropsembles._gui.state import RunState
-
-    _dock, trainer = viewer.window.add_plugin_dock_widget(PLUGIN, "Train a prior")
-    trainer.out_path.value = str(tmp_path / "prior.pt")
-    trainer.run()
-    assert trainer.status.state is RunState.FAILED
-    assert ".safetensors" in errors(notifications)[-1]
-    assert trainer.run_panel.button.text() == "Train"
-
-
 def smooth_ball(centre, radius, spacing, origin) -> Volume:
     """Probabilities of a ball with a soft edge on a grid (a stand-in for a mean occupancy)."""
     shape = (24, 24, 24)
@@ -62,7 +60,7 @@ def smooth_ball(centre, radius, spacing, origin) -> Volume:
     return grid.with_data((1 / (1 + np.exp((distance - radius) / 1.0))).astype(np.float32))
 
 
-def test_evaluate_shows_metrics_and_a_reliability_diagram(viewer, sync_workers):
+def test_evaluate_shows_metrics_and_a_reliability_diagram(viewer, sync_workers, notifications):
     from napari_dropsembles._gui.tasks import resample_onto
     from napari_dropsembles.core.metrics import evaluate_probabilities
 
@@ -70,9 +68,17 @@ def test_evaluate_shows_metrics_and_a_reliability_diagram(viewer, sync_workers):
     prediction = smooth_ball((0.5, 0.0, 0.0), 10.0, 1.5, (-17.0, -17.0, -17.0))
     gt_layer = add_volume(viewer, truth, "ground truth")
     pred_layer = add_volume(viewer, prediction, "prediction", kind="image")
+    intensity = viewer.add_image(np.full(truth.shape, 300.0, np.float32), name="CT", **truth.napari_frame())
     _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Evaluate against ground truth")
-    widget.prediction.value = pred_layer
     widget.ground_truth.value = gt_layer
+    # an intensity image is not a probability: refused, nothing changes
+    widget.prediction.value = intensity
+    before = [layer.name for layer in viewer.layers]
+    widget.run()
+    assert "within [0, 1]" in errors(notifications)[-1]
+    assert [layer.name for layer in viewer.layers] == before and widget.metric_values()["dice"] == "-"
+
+    widget.prediction.value = pred_layer
     widget.run()
     shown = widget.metric_values()
     probs, resampled = resample_onto(prediction, truth)
@@ -83,17 +89,3 @@ def test_evaluate_shows_metrics_and_a_reliability_diagram(viewer, sync_workers):
     assert float(shown["dice"]) > 0.8
     lines = widget.reliability.axes.get_lines()
     assert len(lines) == 3 and len(lines[1].get_xdata()) > 3  # diagonal, all voxels, surface band
-
-
-def test_evaluate_refuses_a_prediction_that_is_not_a_probability(viewer, sync_workers, notifications):
-    truth = sphere_volume(radius_mm=8.0, spacing_mm=(1.0, 1.0, 1.0), size_mm=24.0)
-    gt_layer = add_volume(viewer, truth, "ground truth")
-    intensity = viewer.add_image(np.full(truth.shape, 300.0, np.float32), name="CT", **truth.napari_frame())
-    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Evaluate against ground truth")
-    widget.prediction.value = intensity
-    widget.ground_truth.value = gt_layer
-    before = [layer.name for layer in viewer.layers]
-    widget.run()
-    assert "within [0, 1]" in errors(notifications)[-1]
-    assert [layer.name for layer in viewer.layers] == before
-    assert widget.metric_values()["dice"] == "-"

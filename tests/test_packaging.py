@@ -47,7 +47,9 @@ def test_wheel_carries_manifest_prior_and_sample(tmp_path):
     out = tmp_path / "dist"
     subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(ROOT)],
-        check=True, capture_output=True, timeout=600,
+        check=True,
+        capture_output=True,
+        timeout=600,
     )
     wheel = next(out.glob("*.whl"))
     names = zipfile.ZipFile(wheel).namelist()

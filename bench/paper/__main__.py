@@ -44,7 +44,7 @@ TINY = {  # the test's configuration: every code path, seconds
     "vertebrae": {**QUICK["vertebrae"], "grid": 8, "encoder_channels": [4, 8, 8], "features": 8, "hidden": 16,
                   "blocks": 2, "pretrain_steps": 10, "samples": 3, "points": 1024, "members": 2, "sizes": [2],
                   "ewc_sweep": [0.0, 0.01, 0.1], "finetune_steps": 10, "points_per_step": 1024,
-                  "factors": [3.0, 4.0], "gt_spacing": 2.0, "cases": 1, "figure_cases": 1, "sweep_cases": 1,
+                  "factors": [3.0, 4.0], "gt_spacing": 2.5, "cases": 1, "figure_cases": 1, "sweep_cases": 1,
                   "corruption_cases": 1, "corruption_methods": ["dropsembles"]},
 }
 MODES = {"quick": QUICK, "full": FULL, "tiny": TINY}
@@ -94,6 +94,20 @@ def run(mode: str, out: Path, experiments=("toy2d", "digits", "vertebrae"), comm
     return results
 
 
+def rewrite_report(out: Path) -> dict:
+    """Regenerate RESULTS.md (tables, headline, reading) from an existing results.json: no experiment runs."""
+    from . import report
+
+    out = Path(out)
+    results = json.loads((out / "results.json").read_text())
+    results["headline"] = report.headline(results)
+    (out / "results.json").write_text(json.dumps(_finite_json(results), indent=1))
+    for exp in results["experiments"].values():
+        exp["figures"] = [str(out / f) for f in exp["figures"]]
+    report.write_markdown(results, out / "RESULTS.md", out)
+    return results
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.paper", description=__doc__)
     group = parser.add_mutually_exclusive_group()
@@ -101,7 +115,13 @@ def main(argv=None) -> int:
     group.add_argument("--tiny", action="store_true", help="seconds-long configuration used by the tests")
     parser.add_argument("--out", default="docs", help="folder for RESULTS.md, results.json, figures/ (default docs)")
     parser.add_argument("--only", nargs="+", choices=["toy2d", "digits", "vertebrae"], default=None)
+    parser.add_argument("--report-only", action="store_true",
+                        help="only regenerate RESULTS.md from OUT/results.json (e.g. after editing the reading)")
     args = parser.parse_args(argv)
+    if args.report_only:
+        rewrite_report(Path(args.out))
+        print(f"[bench.paper] rewrote {Path(args.out) / 'RESULTS.md'}")
+        return 0
     mode = "quick" if args.quick else "tiny" if args.tiny else "full"
     command = "OMP_NUM_THREADS=1 python -m bench.paper " + " ".join(sys.argv[1:] if argv is None else argv)
     results = run(mode, Path(args.out), tuple(args.only or ("toy2d", "digits", "vertebrae")), command.strip())

@@ -55,7 +55,16 @@ def score_probabilities(probs: np.ndarray, gt: np.ndarray, *, image_shape=None, 
     if image_shape is not None:
         result["dice"] = dice(pred.reshape(image_shape), gt.reshape(image_shape))
         result["hd95_px"] = hd95_mm(pred.reshape(image_shape), gt.reshape(image_shape), 1.0)
+        if not math.isfinite(result["hd95_px"]):  # an empty prediction: the largest distance in the image
+            result["hd95_px"] = float(np.hypot(*image_shape))
     return result
+
+
+def empty_prediction_hd95(row: dict, shape, spacing) -> dict:
+    """HD95 of an empty prediction (``nan`` in core.metrics) set to the grid's diagonal in mm."""
+    if not math.isfinite(row["hd95_mm"]):
+        row["hd95_mm"] = float(np.linalg.norm(np.asarray(shape) * np.asarray(spacing)))
+    return row
 
 
 class Reliability:

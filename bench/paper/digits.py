@@ -182,7 +182,8 @@ def run(settings: dict, figures: Path) -> dict:
     figure_paths = [_figure(cases, kept, s, h, w, figures / "digits_reconstructions.png")]
     note = (f"{s['cases']} held-out digits x {len(CORRUPTIONS)} corruptions ({', '.join(CORRUPTIONS)}), "
             f"{h}x{w} pixels; Dice/HD95 (pixels) of mean >= 0.5 vs the complete digit; ECE/NLL/Brier/AUROC over "
-            "all pixels. Interpolation baselines: ewc/M = -1/0 (not applicable).")
+            "all pixels; HD95 of an empty prediction = the image diagonal. Interpolation baselines: ewc/M = -1/0 (not "
+            "applicable).")
     tables = [
         table("digits_main", ["method", "ewc", "M", *METRICS, "auroc_entropy", "pretrained_models", "total_gflop",
                               "total_wall_s"], main, 1, note),

@@ -94,9 +94,18 @@ def headline(results: dict) -> dict:
     for name in EXPERIMENTS:
         if name not in results["experiments"]:
             continue
-        tab = next(t for t in results["experiments"][name]["tables"] if t["name"].endswith("ensemble_size"))
+        exp = results["experiments"][name]
+        tab = next(t for t in exp["tables"] if t["name"].endswith("ensemble_size"))
         cols = tab["columns"]
         rows = [dict(zip(cols, r, strict=True)) for r in tab["rows"]]
+        # at the main M, take the main table (all cases, EWC on) instead of the sweep's subset
+        main = next(t for t in exp["tables"] if t["name"].endswith("_main"))
+        default_ewc = exp["config"]["settings"]["ewc"]
+        main_rows = [dict(zip(main["columns"], r, strict=True)) for r in main["rows"]]
+        ensembles = ("Dropsembles", "deep ensemble")
+        main_rows = [r for r in main_rows if r["ewc"] == default_ewc and r["method"] in ensembles]
+        rows = [r for r in rows if not any(m["M"] == r["M"] and m["method"] == r["method"] for m in main_rows)]
+        rows += main_rows
         quality = "accuracy" if "accuracy" in cols else "dice"
         per_m = []
         for m in sorted({r["M"] for r in rows if r["method"] == "Dropsembles"}):
@@ -107,7 +116,7 @@ def headline(results: dict) -> dict:
             ece_key = "ece_band" if "ece_band" in cols else "ece"
             auroc_key = "auroc_band" if "auroc_band" in cols else "auroc"
             per_m.append({
-                "M": m, "quality": quality,
+                "M": m, "quality": quality, "source": "main table" if "pretrained_models" in d else "M sweep",
                 "dropsembles_quality": d[quality], "deep_ensemble_quality": e[quality],
                 "ece": ece_key, "dropsembles_ece": d[ece_key], "deep_ensemble_ece": e[ece_key],
                 "auroc": auroc_key, "dropsembles_auroc": d[auroc_key], "deep_ensemble_auroc": e[auroc_key],
@@ -122,7 +131,7 @@ def headline_table(head: dict) -> dict:
     rows = []
     for name, per_m in head.items():
         for h in per_m:
-            rows.append([name, h["quality"] + " / " + h["ece"] + " / " + h["auroc"], h["M"],
+            rows.append([name, f'{h["quality"]} / {h["ece"]} / {h["auroc"]} ({h["source"]})', h["M"],
                          h["dropsembles_quality"], h["deep_ensemble_quality"], h["dropsembles_ece"],
                          h["deep_ensemble_ece"], h["dropsembles_auroc"], h["deep_ensemble_auroc"], h["flop_ratio"],
                          h["wall_ratio"]])
@@ -130,7 +139,9 @@ def headline_table(head: dict) -> dict:
                "FLOP ratio DS/DE", "wall ratio DS/DE"]
     return {"name": "headline", "columns": columns, "labels": 2, "rows": rows,
             "note": "DS = Dropsembles, DE = deep ensemble, same M, same architecture and pretraining steps per "
-                    "network, EWC on; ratio = total compute (pretraining + fine-tuning) of DS / DE."}
+                    "network, EWC on (the experiment's default lambda); ratio = total compute (pretraining + "
+                    "fine-tuning) of DS / DE. 'main table' rows average all cases of the experiment, 'M sweep' rows "
+                    "the sweep's subset of cases (see each experiment's tables)."}
 
 
 def write_markdown(results: dict, path: Path, docs: Path) -> str:

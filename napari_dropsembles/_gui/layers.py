@@ -149,12 +149,28 @@ def _name(frame: InputFrame, role: str) -> str:
     return f"{frame.name} {ROLE_NAMES[role]}"
 
 
-def variance_limits(variance: Volume) -> tuple[float, float]:
-    """Contrast limits shared by the variance heatmap and the mesh colours."""
-    data = np.asarray(variance.data, dtype=np.float32)
-    finite = data[np.isfinite(data)]
-    top = float(np.percentile(finite, 99.9)) if finite.size else 0.0
+def variance_limits(variance: Volume, mesh: Mesh | None = None) -> tuple[float, float]:
+    """Contrast limits shared by the variance heatmap and the mesh colours.
+
+    The top is set by the variance where it matters, on the surface (98th percentile of the
+    mesh's vertex values); without a surface, by the grid (99.9th percentile).
+    """
+    if mesh is not None and not mesh.is_empty and mesh.vertex_values is not None:
+        values = np.asarray(mesh.vertex_values, dtype=np.float32)
+        top = float(np.percentile(values[np.isfinite(values)], 98)) if np.isfinite(values).any() else 0.0
+    else:
+        data = np.asarray(variance.data, dtype=np.float32)
+        finite = data[np.isfinite(data)]
+        top = float(np.percentile(finite, 99.9)) if finite.size else 0.0
     return 0.0, max(top, 1e-6)
+
+
+def mesh_colormap():
+    """inferno from 25% up: the same colours as the heatmap, but zero variance is not black on a dark canvas."""
+    from matplotlib import colormaps
+    from napari.utils.colormaps import Colormap
+
+    return Colormap(colormaps["inferno"](np.linspace(0.25, 1.0, 64)), name="inferno (surface)")
 
 
 def surface_data(mesh: Mesh, frame: InputFrame) -> tuple:
@@ -170,7 +186,7 @@ def mesh_layer_data(mesh: Mesh, frame: InputFrame, limits: tuple[float, float], 
     """A Surface in the input's own transform, coloured by its vertex values (variance)."""
     kwargs = {
         "name": _name(frame, role),
-        "colormap": "inferno",
+        "colormap": mesh_colormap(),
         "contrast_limits": limits,
         "shading": "smooth",
         "metadata": _metadata(frame, role, empty=mesh.is_empty, **extra),
@@ -199,12 +215,12 @@ def reconstruction_to_layer_data(
     frame = input_layer if isinstance(input_layer, InputFrame) else InputFrame.from_layer(input_layer)
     level = structures.threshold if threshold is None else float(threshold)
     extra = {"labels": structures.labels, "members": structures.members, "device": structures.device}
+    mesh = structures.remesh(level)
     layers = maps_to_layer_data(
-        structures.mean, structures.variance, structures.remesh(level), frame, level,
-        thresholded=structures.label_volume(level), **extra,
+        structures.mean, structures.variance, mesh, frame, level, thresholded=structures.label_volume(level), **extra
     )
     if member is not None:
-        limits = variance_limits(structures.variance)
+        limits = variance_limits(structures.variance, mesh)
         layers.append(mesh_layer_data(structures.member_mesh(member, level), frame, limits, "members", member=member))
     return layers
 
@@ -220,7 +236,7 @@ def maps_to_layer_data(
     **extra,
 ) -> list[LayerDataTuple]:
     """Layer data of a mean / variance pair and its mesh (also used for saved result folders)."""
-    limits = variance_limits(variance)
+    limits = variance_limits(variance, mesh)
     if thresholded is None:
         thresholded = mean.with_data((np.asarray(mean.data) >= threshold).astype(np.uint8))
     extra = {"threshold": threshold, **extra}
