@@ -93,6 +93,23 @@ def summary(gaps: np.ndarray) -> dict:
     }
 
 
+def worst_gaps(recorder, start, stop, phases, callbacks, count: int = 5) -> list[dict]:
+    """The longest gaps, with the worker's phase and the widget's progress handling inside them."""
+    t = np.asarray(recorder.times)
+    t = t[(t >= start) & (t <= stop)]
+    if len(t) < 2:
+        return []
+    gaps = np.diff(t)
+    found = []
+    for i in np.argsort(gaps)[::-1][:count]:
+        begin, end = t[i], t[i + 1]
+        phase = next((name for when, name in reversed(phases) if when <= end), "start")
+        handled = sum(ms for when, ms in callbacks if begin <= when <= end)
+        found.append({"at_s": round(begin - start, 2), "gap_ms": round(1000 * (end - begin), 1), "phase": phase,
+                      "progress_handling_ms": round(handled, 1)})
+    return found
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prior", type=Path, help="prior .safetensors (default: bundled, else untrained)")
@@ -100,6 +117,8 @@ def main(argv=None) -> int:
     parser.add_argument("--members", type=int, default=None)
     parser.add_argument("--spacing", type=float, default=0.0, help="output spacing mm (0: the input's finest)")
     parser.add_argument("--json", type=Path, help="write the numbers here too")
+    parser.add_argument("--hidden", action="store_true",
+                        help="do not show the window: measures the plugin without the cost of drawing")
     args = parser.parse_args(argv)
 
     import napari
@@ -114,7 +133,7 @@ def main(argv=None) -> int:
         prior = bundled_prior_path() if bundled_prior_path().is_file() else untrained_prior(
             Path("/tmp") / "dropsembles_bench_untrained_prior.safetensors"
         )
-    viewer = napari.Viewer(show=True)
+    viewer = napari.Viewer(show=not args.hidden)
     viewer.window._qt_window.resize(1600, 1000)
     viewer.open_sample("napari-dropsembles", "vertebra")
     observation = viewer.layers["vertebra observation"]
@@ -147,6 +166,18 @@ def main(argv=None) -> int:
         placements.append(round(1000 * (time.perf_counter() - tick), 1))
 
     widget._place_next = timed_place_next
+    phases: list[tuple[float, str]] = []  # when each phase's first progress reached the main thread
+    callbacks: list[tuple[float, float]] = []  # (when, ms) of the widget's progress handling
+    on_progress = widget._on_progress
+
+    def timed_on_progress(progress):
+        tick = time.perf_counter()
+        if not phases or phases[-1][1] != progress.phase:
+            phases.append((tick, progress.phase))
+        on_progress(progress)
+        callbacks.append((tick, 1000 * (time.perf_counter() - tick)))
+
+    widget._on_progress = timed_on_progress
     started = time.perf_counter()
     task = widget.run()
     computing_done = None
@@ -182,6 +213,7 @@ def main(argv=None) -> int:
             "spacing_mm": widget.spacing.value or "input's finest",
         },
         "grid": list(output.structures.mean.shape),
+        "window": "hidden" if args.hidden else "shown (1600x1000)",
         "device": output.structures.device,
         "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
         "run_s": round(placed - started, 2),
@@ -192,6 +224,8 @@ def main(argv=None) -> int:
         "whole_run": summary(recorder.gaps_ms(started, placed)),
         "dragging_the_threshold": summary(recorder.gaps_ms(drag_start, drag_stop)),
         "last_remesh_ms": round(1000 * widget.last_remesh.elapsed_s, 1) if widget.last_remesh else None,
+        "progress_handling_ms": summary(np.array([ms for _when, ms in callbacks])),
+        "longest_gaps_during_the_run": worst_gaps(recorder, started, placed, phases, callbacks),
     }
     text = json.dumps(report, indent=2)
     print(text)

@@ -28,11 +28,11 @@ def _gui_missing() -> str:
             return f"{module} is not installed"
     if os.environ.get("QT_QPA_PLATFORM", "") == "offscreen":
         return "QT_QPA_PLATFORM=offscreen has no OpenGL context (napari cannot add layers)"
-    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):  # pytest-xvfb sets DISPLAY before collection
         return ""
-    if shutil.which("Xvfb") and importlib.util.find_spec("pytest_xvfb") is not None:
-        return ""  # pytest-xvfb starts one
-    return "no X display and no Xvfb (install xvfb and pytest-xvfb, or set DISPLAY)"
+    if not shutil.which("Xvfb"):
+        return "no X display and no Xvfb (install xvfb with pytest-xvfb, or set DISPLAY)"
+    return "no X display (pytest-xvfb is not installed or not enabled)"
 
 
 GUI_MISSING = _gui_missing()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_dropsembles.core.adaptive import lattice, mark_cells, predict_grid_adaptive_steps
+from napari_dropsembles.core.adaptive import coarse_step_for, lattice, mark_cells, predict_grid_adaptive_steps
 from napari_dropsembles.core.errors import Cancelled
 from napari_dropsembles.core.frame import Frame
 from napari_dropsembles.core.metrics import dice
@@ -137,3 +137,7 @@ def test_pipeline_adaptive_matches_dense():
     assert dice(a.reshape(-1), d.reshape(-1)) >= 0.995
     assert adaptive.maps.queries * 2 < dense.maps.queries  # 65^3: the shell around the surface is a large share
     assert adaptive.report()["execution"]["adaptive_grid"] is True
+    fitted = adaptive.fitted
+    cell_mm = fitted.frame.scale_mm / fitted.feature_grids.shape[-1]
+    for voxel_mm, step in [(cell_mm / 4.5, 4), (cell_mm / 2.5, 2), (cell_mm / 1.5, 1), (cell_mm / 20, 4)]:
+        assert coarse_step_for(fitted, np.diag([voxel_mm, voxel_mm * 2, voxel_mm, 1.0])) == step

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 EXPERIMENTS = ("toy2d", "digits", "vertebrae")
 TITLES = {"toy2d": "Toy 2D (sinusoidal boundary)", "digits": "Digits (2D implicit occupancy)",
           "vertebrae": "Vertebrae (3D, product pipeline)"}
-READING = Path(__file__).with_name("reading.md")
+READING = {"quick": Path(__file__).with_name("reading.md"), "full": Path(__file__).with_name("reading_full.md")}
 
 
 def reliability_figure(name: str, result: dict, path: Path) -> str:
@@ -169,8 +169,9 @@ def write_markdown(results: dict, path: Path, docs: Path) -> str:
     head = headline_table(results["headline"])
     lines += ["## Headline: Dropsembles vs deep ensemble at the same M", "", head["note"], "",
               *markdown_table(head), ""]
-    if READING.is_file():
-        lines += ["## Reading", "", READING.read_text().strip(), ""]
+    reading = READING.get(results["mode"])
+    if reading is not None and reading.is_file():
+        lines += ["## Reading", "", reading.read_text().strip(), ""]
     for name in EXPERIMENTS:
         if name not in results["experiments"]:
             continue

@@ -4,6 +4,7 @@ the list of known priors, notifications and napari's activity-dock progress."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,23 +50,36 @@ def notify_info(message: str) -> None:
 
 
 class ActivityProgress:
-    """A bar in napari's activity dock (``napari.utils.progress``) driven by run fractions."""
+    """A bar in napari's activity dock (``napari.utils.progress``) driven by run fractions.
+
+    napari's bar processes all pending events on every value or description change (a full
+    repaint): it is updated at most once a second, and its description only when it changes.
+    """
 
     STEPS = 1000
+    INTERVAL_S = 1.0
 
     def __init__(self, description: str) -> None:
         from napari.utils import progress
 
         self._bar = progress(total=self.STEPS, desc=description)
         self._n = 0
+        self._title = description
+        self._phase: str | None = None
+        self._last = 0.0
 
-    def update(self, fraction: float, message: str | None = None) -> None:
+    def update(self, fraction: float, phase: str | None = None) -> None:
+        now = time.perf_counter()
+        if self._bar is None or now - self._last < self.INTERVAL_S:
+            return
+        self._last = now
         n = int(max(0.0, min(1.0, fraction)) * self.STEPS)
         if n > self._n:
             self._bar.update(n - self._n)
             self._n = n
-        if message:
-            self._bar.set_description(message)
+        if phase and phase != self._phase:
+            self._phase = phase
+            self._bar.set_description(f"{self._title} ({phase})")
 
     def close(self) -> None:
         if self._bar is not None:

@@ -137,7 +137,7 @@ class TrainPriorWidget(QWidget):
     def _on_progress(self, progress) -> None:
         self.status.report(progress)
         if self._holder.activity is not None:
-            self._holder.activity.update(self.status.fraction, self.status.message)
+            self._holder.activity.update(self.status.fraction, progress.phase)
 
     def _on_finished(self, outcome: Outcome) -> None:
         self._holder.close_activity()

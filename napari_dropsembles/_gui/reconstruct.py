@@ -65,6 +65,7 @@ from .workers import Outcome, Task, sync_workers_default
 BUNDLED = "bundled"
 BINARY = "binary"
 PREVIEW_INTERVAL_S = 2.0
+PLACE_PAUSE_MS = 15  # between result layers: lets the event loop repaint and take input
 COARSE_VOXELS = 64**3  # above this, the mesh follows a dragged slider at half resolution first
 METHOD_LABELS = {
     "dropsembles": "Dropsembles",
@@ -407,7 +408,7 @@ class ReconstructWidget(QWidget):
         self.status.report(progress)
         if self._running.activity is not None:
             # napari's activity dock may process events here: the run can end (re-entrantly) meanwhile
-            self._running.activity.update(self.status.fraction, self.status.message)
+            self._running.activity.update(self.status.fraction, progress.phase)
         if progress.preview is not None and self._frame is not None and self._live:
             self._show_preview(progress.preview)
 
@@ -417,8 +418,9 @@ class ReconstructWidget(QWidget):
         data, kwargs, layer_type = preview_layer_data(preview, self._frame, float(self.threshold.value()))
         layer = self._preview_layer
         if layer is not None and layer in self.viewer.layers and "affine" not in kwargs:
+            if not (np.allclose(layer.scale, kwargs["scale"]) and np.allclose(layer.translate, kwargs["translate"])):
+                layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]  # another structure's box
             layer.data = data
-            layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
             return
         self._remove_preview()
         if self._live:
@@ -471,7 +473,7 @@ class ReconstructWidget(QWidget):
         except StopIteration as done:
             self._result_placed(output, done.value)
             return
-        QTimer.singleShot(0, partial(self._place_next, placing, output))
+        QTimer.singleShot(PLACE_PAUSE_MS, partial(self._place_next, placing, output))
 
     def _result_placed(self, output: ReconstructOutput, added: list) -> None:
         self._preview_layer = None

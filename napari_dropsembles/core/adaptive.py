@@ -62,7 +62,7 @@ class _Axis:
         weight = weight.reshape(shape)
         lo = np.take(values, cell, axis=axis)
         hi = np.take(values, cell + 1, axis=axis)
-        return lo + (hi - lo) * weight
+        return lo * (1 - weight) + hi * weight  # exact at both ends (weight 0 or 1): lattice values stay as queried
 
 
 def _corner_reduce(values: np.ndarray, op) -> np.ndarray:
@@ -75,6 +75,19 @@ def _corner_reduce(values: np.ndarray, op) -> np.ndarray:
                 if dx or dy or dz:
                     out = op(out, values[dx : x - 1 + dx, dy : y - 1 + dy, dz : z - 1 + dz])
     return out
+
+
+def coarse_step_for(fitted: Fitted, affine: np.ndarray, largest: int = 4) -> int:
+    """Coarse step (voxels) so that one coarse cell spans at most one encoder cell (the scale at
+    which the network's features vary), capped at ``largest``; 1 means "query every voxel".
+
+    At the default output (the observation's finest spacing, about 1 mm) this is 4; on a coarse
+    output grid (voxels over half an encoder cell) it is 1, because a coarse lattice there could
+    step over thin structures.
+    """
+    voxel_mm = float(np.linalg.norm(np.asarray(affine)[:3, :3], axis=0).min())
+    cell_mm = fitted.frame.scale_mm / fitted.feature_grids.shape[-1]
+    return int(np.clip(np.floor(cell_mm / voxel_mm + 1e-6), 1, largest))
 
 
 def _cells(axis: _Axis, select: slice = slice(None)) -> list[np.ndarray]:

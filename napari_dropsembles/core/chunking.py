@@ -2,8 +2,9 @@
 
 - :func:`choose_chunk` picks how many points one network call takes: on CUDA from the free memory
   (``torch.cuda.mem_get_info``), on the CPU a cache-friendly constant measured with
-  ``bench/speed.py`` (large chunks were up to 3x slower: activations of 65536 points x 4 members x
-  64 units are 67 MB per tensor, far beyond the caches).
+  ``bench/speed.py`` (65536-point calls ran at 70% of the speed of 8192-point calls in the fused
+  formulation, and at a third in the batched one: 65536 points x 4 members x 64 units are 67 MB
+  per activation tensor, far beyond the caches).
 - :func:`run_chunked` runs ``fn(start, stop)`` over ``[0, n)`` chunk by chunk; on a CUDA
   out-of-memory error it empties the cache, halves the chunk and retries, down to ``min_chunk``.
 - :func:`autocast` applies ``precision`` ("fp32", "tf32", "bf16") on CUDA only; the CPU always
@@ -36,8 +37,8 @@ from .errors import DropsemblesError
 PRECISIONS = ("fp32", "tf32", "bf16")
 FORMULATIONS = ("batched", "fused")
 
-# CPU: points per network call. Measured by bench/speed.py on the 2-core EPYC (M=4, hidden 64):
-# 4096-16384 points are within a few percent of each other, 65536 is 2-3x slower (out of cache).
+# CPU: points per network call, measured by bench/speed.py on the 2-core EPYC (M=4, hidden 64):
+# 4096-8192 points were fastest (see docs/PERFORMANCE.md, "Points per decoder call").
 CPU_CHUNK = 8192
 CPU_CHUNK_BUDGET = CPU_CHUNK * 4 * 64  # points x members x hidden units of one call
 CUDA_MIN_CHUNK = 1024
@@ -355,9 +356,19 @@ class FastEnsembleDecoder(EnsembleDecoder):
         w1 = _augmented(self.fc1_w, self.fc1_b)
         wout = _augmented(self.out_w, self.out_b)[..., 0]
         save = torch.is_grad_enabled() and any(p.requires_grad for p in (wp, wc, w0, w1, wout))
-        return _FusedDecoder.apply(
-            self._workspace, save, self.member_masks, points.contiguous(), features.contiguous(), wp, wc, w0, w1, wout
-        )
+        points, features = points.contiguous(), features.contiguous()
+        n = points.shape[-2]
+        tile = n if save else choose_chunk("cpu", self.members, self.config.hidden)
+        if n <= tile:
+            return _FusedDecoder.apply(self._workspace, save, self.member_masks, points, features, wp, wc, w0, w1, wout)
+        parts = []  # no grad: cache-sized tiles (large calls were slower)
+        for start in range(0, n, tile):
+            p_part = points[..., start : start + tile, :]
+            f_part = features[..., start : start + tile, :]
+            parts.append(
+                _FusedDecoder.apply(self._workspace, False, self.member_masks, p_part, f_part, wp, wc, w0, w1, wout)
+            )
+        return torch.cat(parts, dim=1)
 
 
 def fast_decoder(decoder: EnsembleDecoder, device: torch.device | str) -> FastEnsembleDecoder:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from .adaptive import predict_grid_adaptive_steps
+from .adaptive import coarse_step_for, predict_grid_adaptive_steps
 from .checkpoint import Prior
 from .chunking import PRECISIONS, precision_note
 from .device import resolve_device
@@ -207,8 +207,9 @@ def reconstruct_steps(
     affine, shape = target if target is not None else output_grid(fitted, observation, config.resolution_mm)
     grid_kwargs = dict(chunk=config.chunk, keep_members=config.keep_members, precision=config.precision)
     if config.adaptive:
+        step = coarse_step_for(fitted, affine)
         maps = yield from predict_grid_adaptive_steps(
-            fitted, affine, shape, threshold=config.threshold, cancel=cancel, **grid_kwargs
+            fitted, affine, shape, threshold=config.threshold, coarse_step=step, cancel=cancel, **grid_kwargs
         )
     else:
         maps = yield from predict_grid_steps(fitted, affine, shape, cancel=cancel, **grid_kwargs)
