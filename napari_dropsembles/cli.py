@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--members", type=_positive_int, default=4, help="ensemble size M (default 4)")
     rec.add_argument("--steps", type=_non_negative_int, default=60, help="fine-tuning steps (default 60)")
     rec.add_argument(
-        "--ewc", type=_non_negative_float, default=0.01, help="EWC strength lambda (0 = off; default 0.01)"
+        "--ewc", type=_non_negative_float, default=0.1, help="EWC strength lambda (0 = off; default 0.1)"
     )
     rec.add_argument("--lr", type=_positive_float, default=1e-3, help="fine-tuning learning rate")
     rec.add_argument(
@@ -206,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--missing", type=_non_negative_float, default=0.0, help="share of slices left empty")
     sim.add_argument("--gt-spacing", type=_positive_float, default=0.5, help="ground-truth voxel size (mm)")
     common(sim)
+
+    bench = sub.add_parser("bench", help="run a benchmark of the source checkout (bench/): 'paper' reproduces the "
+                           "Dropsembles paper's experiments")
+    bench.add_argument("name", choices=("paper",), help="which benchmark")
+    bench.add_argument("options", nargs=argparse.REMAINDER, help="its options, e.g. --quick")
 
     demo = sub.add_parser("demo", help="the main job on the bundled sample: reconstruct, score, write outputs")
     demo.add_argument("--out", type=Path, default=Path("dropsembles-demo"), help="output folder")
@@ -312,12 +317,12 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from .core.config import ModelConfig
     from .core.device import resolve_device
     from .core.io import ensure_writable_dir
-    from .core.pretrain import PretrainConfig, pretrain_steps
+    from .core.pretrain import PretrainConfig, pretrain_steps, shapes_from_folder
 
     if args.out.suffix != ".safetensors":
         raise InputError(f"--out must end in .safetensors, got {args.out}")
     ensure_writable_dir(args.out.parent)
-    shapes = _mask_shapes(args.data) if args.data else None
+    shapes = shapes_from_folder(args.data) if args.data else None
     model_config = ModelConfig(grid_size=args.grid, hidden=args.hidden, blocks=args.blocks, dropout=args.dropout)
     config = PretrainConfig(
         steps=args.steps,
@@ -337,18 +342,6 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) in {prior.training['wall_time_s']} s")
     return 0
-
-
-def _mask_shapes(folder: Path):
-    from .core.data import MaskShape
-    from .core.io import VOLUME_SUFFIXES, binary_mask_from_volume, read_volume
-
-    if not folder.is_dir():
-        raise InputError(f"--data must be a folder of dense mask volumes, got {folder}")
-    files = sorted(p for p in folder.iterdir() if any(p.name.endswith(s) for s in VOLUME_SUFFIXES))
-    if not files:
-        raise InputError(f"no volume files ({', '.join(VOLUME_SUFFIXES)}) in {folder}")
-    return [MaskShape(binary_mask_from_volume(read_volume(f), label="all", threshold=None)) for f in files]
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -437,7 +430,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Benchmarks live in the repository's bench/ (not in the wheel): run them from a checkout."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "bench" / args.name / "__main__.py").is_file():
+        raise InputError(f"bench/{args.name} is part of the source checkout, not the installed package; "
+                         "run this from a clone of the repository (pip install -e .)")
+    sys.path.insert(0, str(root))
+    import importlib
+
+    module = importlib.import_module(f"bench.{args.name}.__main__")
+    return int(module.main(args.options) or 0)
+
+
 COMMANDS = {
+    "bench": cmd_bench,
     "reconstruct": cmd_reconstruct,
     "pretrain": cmd_pretrain,
     "evaluate": cmd_evaluate,

@@ -25,19 +25,20 @@ print(sorted(w.display_name for w in manifest.contributions.widgets))
 """
 
 
-def _discover(env_path: str | None) -> list[str]:
-    env = {"PYTHONPATH": env_path} if env_path else {}
+def _discover(env_path: str | None, cwd: Path) -> list[str]:
+    """Run the discovery in a fresh interpreter outside the checkout (``-c`` puts the cwd on sys.path)."""
     import os
 
+    env = {**os.environ, "PYTHONPATH": env_path} if env_path else dict(os.environ)
     result = subprocess.run(
-        [sys.executable, "-c", DISCOVER], capture_output=True, text=True, env={**os.environ, **env}, timeout=300
+        [sys.executable, "-c", DISCOVER], capture_output=True, text=True, env=env, timeout=300, cwd=cwd
     )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().splitlines()
 
 
-def test_editable_install_finds_the_manifest_and_bundled_files():
-    lines = _discover(None)
+def test_editable_install_finds_the_manifest_and_bundled_files(tmp_path):
+    lines = _discover(None, tmp_path)
     assert lines[1] == "True True"
     assert "Reconstruct with uncertainty" in lines[2]
 
@@ -62,7 +63,7 @@ def test_wheel_carries_manifest_prior_and_sample(tmp_path):
     assert wheel.stat().st_size < 15e6
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    lines = _discover(str(site))
+    lines = _discover(str(site), tmp_path)
     assert lines[0].startswith(str(site))  # the wheel's copy, not the checkout
     assert lines[1] == "True True"
     assert "Reconstruct with uncertainty" in lines[2]

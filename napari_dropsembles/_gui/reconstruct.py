@@ -203,7 +203,7 @@ class ReconstructWidget(QWidget):
         self.method = ComboBox(label="Method", choices=[(METHOD_LABELS[m], m) for m in METHODS], value="dropsembles")
         self.members = SpinBox(label="Members", value=4, min=1, max=32)
         self.steps = SpinBox(label="Fine-tuning steps", value=60, min=0, max=5000)
-        self.ewc = FloatSpinBox(label="EWC strength", value=0.01, min=0.0, max=100.0, step=0.01)
+        self.ewc = FloatSpinBox(label="EWC strength", value=0.1, min=0.0, max=100.0, step=0.01)
         self.seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
         self.spacing = FloatSpinBox(
             label="Output spacing (mm)", value=0.0, min=0.0, max=50.0, step=0.1,

@@ -26,7 +26,7 @@ from ..core.mesh import sample_volume
 from ..core.metrics import evaluate_probabilities, reliability_curve, surface_band
 from ..core.paths import bundled_prior_path
 from ..core.pipeline import ReconstructionConfig
-from ..core.pretrain import PretrainConfig, pretrain_steps
+from ..core.pretrain import PretrainConfig, pretrain_steps, shapes_from_folder
 from ..core.progress import CancelFlag, Progress, check_cancel
 from ..core.structures import StructureRow, StructureSet, reconstruct_structures_steps, structure_masks
 from ..core.volume import Volume
@@ -236,11 +236,10 @@ def pretrain_task(request: PretrainRequest, cancel: CancelFlag) -> Generator[Pro
     yield Progress("prepare", 0, 1, message="preparing the training data")
     shapes = None
     if request.data_folder is not None:
-        from ..cli import _mask_shapes
-
-        shapes = _mask_shapes(Path(request.data_folder))
-    steps = pretrain_steps(
-        request.model_config, request.config, models=request.models, shapes=shapes, device=device, cancel=cancel
+        shapes = shapes_from_folder(Path(request.data_folder))
+    steps = pretrain_steps(  # workers=1: never fork the multi-threaded Qt process
+        request.model_config, request.config, models=request.models, shapes=shapes, device=device, workers=1,
+        cancel=cancel,
     )
     with one_core_for_the_viewer():
         while True:

@@ -2,9 +2,9 @@
 
 - :func:`choose_chunk` picks how many points one network call takes: on CUDA from the free memory
   (``torch.cuda.mem_get_info``), on the CPU a cache-friendly constant measured with
-  ``bench/speed.py`` (65536-point calls ran at 70% of the speed of 8192-point calls in the fused
-  formulation, and at a third in the batched one: 65536 points x 4 members x 64 units are 67 MB
-  per activation tensor, far beyond the caches).
+  ``bench/speed.py``: the fused formulation is flat from about 8192 points up on a quiet machine
+  (and lost up to 30% at 65536 under load); the batched one fell 4x from 1024 to 65536 points
+  (65536 points x 4 members x 64 units are 67 MB per activation tensor, far beyond the caches).
 - :func:`run_chunked` runs ``fn(start, stop)`` over ``[0, n)`` chunk by chunk; on a CUDA
   out-of-memory error it empties the cache, halves the chunk and retries, down to ``min_chunk``.
 - :func:`autocast` applies ``precision`` ("fp32", "tf32", "bf16") on CUDA only; the CPU always
@@ -38,7 +38,7 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 FORMULATIONS = ("batched", "fused")
 
 # CPU: points per network call, measured by bench/speed.py on the 2-core EPYC (M=4, hidden 64):
-# 4096-8192 points were fastest (see docs/PERFORMANCE.md, "Points per decoder call").
+# the smallest size at full speed (see docs/PERFORMANCE.md, "Points per decoder call").
 CPU_CHUNK = 8192
 CPU_CHUNK_BUDGET = CPU_CHUNK * 4 * 64  # points x members x hidden units of one call
 CUDA_MIN_CHUNK = 1024

@@ -23,7 +23,7 @@ class FinetuneConfig:
     steps: int = 60
     lr: float = 1e-3
     points_per_step: int = 4096
-    ewc_lambda: float = 0.01
+    ewc_lambda: float = 0.1
     holdout: float = 0.1  # share of observed voxels kept out for early stopping (0 = off)
     eval_every: int = 10
     random_dropout: float = 0.0  # > 0: fresh dropout masks per step (MC-dropout fine-tuning)

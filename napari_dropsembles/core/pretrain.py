@@ -107,6 +107,22 @@ def build_training_pool(
     return torch.from_numpy(np.stack(grids)), torch.from_numpy(np.stack(points)), torch.from_numpy(np.stack(labels))
 
 
+def shapes_from_folder(folder: str | os.PathLike) -> list[Shape]:
+    """Every volume file of a folder of dense masks as a training shape (all labels merged)."""
+    from pathlib import Path
+
+    from .data import MaskShape
+    from .io import VOLUME_SUFFIXES, binary_mask_from_volume, read_volume
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"the training data must be a folder of dense mask volumes, got {folder}")
+    files = sorted(p for p in folder.iterdir() if any(p.name.endswith(s) for s in VOLUME_SUFFIXES))
+    if not files:
+        raise InputError(f"no volume files ({', '.join(VOLUME_SUFFIXES)}) in {folder}")
+    return [MaskShape(binary_mask_from_volume(read_volume(f), label="all")) for f in files]
+
+
 def shape_source(shapes: Sequence[Shape] | None, pool: int, seed: int) -> Callable[[np.random.Generator], Shape]:
     """Draw training shapes: from given shapes, a fixed procedural pool, or fresh vertebrae."""
     if shapes:
@@ -124,6 +140,7 @@ def pretrain_model_steps(
     *,
     shapes: Sequence[Shape] | None = None,
     device: torch.device | str = "cpu",
+    workers: int = 0,
     cancel: CancelFlag | None = None,
 ) -> Generator[Progress, None, PretrainedModel]:
     """Train one network with dropout; yields Progress; returns it with its Fisher."""
@@ -142,7 +159,7 @@ def pretrain_model_steps(
         optimiser, lambda i: min(1.0, (i + 1) / warmup) * (0.55 + 0.45 * np.cos(np.pi * min(i / config.steps, 1.0)))
     )
     pool_grids, pool_points, pool_labels = yield from build_training_pool(
-        model_config, config, shapes=shapes, cancel=cancel
+        model_config, config, shapes=shapes, workers=workers, cancel=cancel
     )
     gen = torch.Generator().manual_seed(config.seed)
     n_pool, n_points = pool_points.shape[0], pool_points.shape[1]
@@ -199,6 +216,7 @@ def pretrain_steps(
     models: int = 1,
     shapes: Sequence[Shape] | None = None,
     device: torch.device | str = "cpu",
+    workers: int = 0,
     cancel: CancelFlag | None = None,
 ) -> Generator[Progress, None, Prior]:
     """Pretrain ``models`` independent networks (seeds seed, seed+1, ...): a prior for any method."""
@@ -212,6 +230,7 @@ def pretrain_steps(
             PretrainConfig(**{**asdict(config), "seed": config.seed + i}),
             shapes=shapes,
             device=device,
+            workers=workers,
             cancel=cancel,
         )
         while True:
