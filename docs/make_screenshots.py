@@ -90,11 +90,11 @@ def zoom_on(viewer, centre_mm, size_mm, app, fill: float = 0.8) -> None:
     height, width = viewer.screenshot(canvas_only=True, flash=False).shape[:2]
     size = np.maximum(np.asarray(size_mm, dtype=float), 1e-6)
     if len(displayed) == 2:
-        viewer.camera.center = (0.0, *[float(centre_mm[d]) for d in displayed])
-        viewer.camera.zoom = fill * min(height / size[displayed[0]], width / size[displayed[1]])
+        viewer.scene.camera.center = (0.0, *[float(centre_mm[d]) for d in displayed])
+        viewer.scene.camera.zoom = fill * min(height / size[displayed[0]], width / size[displayed[1]])
     else:
-        viewer.camera.center = tuple(float(c) for c in centre_mm)
-        viewer.camera.zoom = fill * min(height, width) / float(np.linalg.norm(size))
+        viewer.scene.camera.center = tuple(float(c) for c in centre_mm)
+        viewer.scene.camera.zoom = fill * min(height, width) / float(np.linalg.norm(size))
     settle(app)
 
 
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     layers["mesh"].visible = True
     viewer.layers.selection.active = layers["mesh"]
     viewer.reset_view()
-    viewer.camera.angles = (-20.0, 35.0, 130.0)
+    viewer.scene.camera.angles = (-20.0, 35.0, 130.0)
     zoom_on(viewer, centre, np.abs(corners[1] - corners[0]), app, fill=1.1)
     save_checked(viewer, args.out_dir / "screenshot_3d_mesh.png", 0.02)
     viewer.close()

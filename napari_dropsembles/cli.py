@@ -114,6 +114,7 @@ def _label(text: str) -> int | str:
 def build_parser() -> argparse.ArgumentParser:
     from .core.device import DEVICE_CHOICES
     from .core.methods import METHODS
+    from .core.slice_field import EMPTY_SLICES
 
     parser = argparse.ArgumentParser(
         prog="napari-dropsembles",
@@ -161,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_argument(
         "--ground-truth", type=Path, default=None, help="dense mask: add metrics and baselines to report.json"
+    )
+    rec.add_argument(
+        "--empty-slices",
+        choices=EMPTY_SLICES,
+        default="unobserved",
+        help="empty slices between labelled ones: not annotated (default) or true background",
     )
     rec.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     rec.add_argument("--members-out", action="store_true", help="also write one mesh per member")
@@ -263,6 +270,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         keep_members=args.members_out,
+        empty_slices=args.empty_slices,
     )
     target = None
     if args.like is not None:
@@ -276,7 +284,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     if ground_truth is not None:
         tick = time.perf_counter()
         result.metrics = drive(
-            compare_steps(result.fitted, observation, ground_truth, threshold=config.threshold), printer
+            compare_steps(
+                result.fitted, observation, ground_truth, threshold=config.threshold, empty_slices=config.empty_slices
+            ),
+            printer,
         )
         result.timings["evaluate"] = time.perf_counter() - tick
     paths = result.save(out)
@@ -298,6 +309,7 @@ def _summary(result) -> str:
         f"{result.config.method} M={result.fitted.members} on {result.device}: fine-tune {t.get('finetune', 0):.1f}s, "
         f"predict {t.get('predict', 0):.1f}s ({result.maps.mean.shape} grid), total {t.get('total', 0):.1f}s"
     ]
+    lines += [f"note: {note}" for note in result.notes()]
     if result.metrics:
         lines.append(_metrics_table(result.metrics))
     return "\n".join(lines)

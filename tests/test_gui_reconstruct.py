@@ -300,7 +300,7 @@ def test_structure_table_rows_match_the_labels_and_centre_the_view(viewer, tiny_
     centre = np.asarray(rows[1].centre_mm)
     assert np.linalg.norm(centre - np.array([14.0, 0.0, 0.0])) < 10
     displayed = list(viewer.dims.displayed)
-    assert np.allclose(np.asarray(viewer.camera.center)[-len(displayed):], centre[displayed], atol=1e-3)
+    assert np.allclose(np.asarray(viewer.scene.camera.center)[-len(displayed):], centre[displayed], atol=1e-3)
     for axis in viewer.dims.not_displayed:
         assert abs(viewer.dims.point[axis] - centre[axis]) <= max(viewer.dims.range[axis].step, 1e-6)
 
@@ -318,3 +318,27 @@ def test_layers_menu_entry_opens_the_widget_on_the_active_layer(viewer):
     app.commands.execute_command(command).result()  # as the menu does (the viewer is injected)
     _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)  # the one already open
     assert widget.input.value is sphere
+
+
+def test_empty_slices_between_labelled_ones_are_reported_and_the_reading_is_a_choice(
+    viewer, tiny_prior_path, sync_workers, notifications
+):
+    from napari.utils.notifications import NotificationSeverity
+
+    volume = sphere_volume(radius_mm=10, spacing_mm=(1.0, 1.0, 3.0))
+    data = np.asarray(volume.data).copy()
+    data[:, :, [5, 7]] = 0
+    layer = add_volume(viewer, volume.with_data(data), "holed")
+    widget = open_widget(viewer)
+    tiny_settings(widget, tiny_prior_path)
+    widget.input.value = layer
+    assert widget.empty_slices.value == "unobserved" and widget.config().empty_slices == "unobserved"
+    widget.run()
+    infos = [str(n.message) for n in notifications if n.severity == NotificationSeverity.INFO]
+    assert any("2 empty slice(s)" in m and "not annotated" in m for m in infos), infos
+    assert widget.current.structures.results[1].unobserved_slices == (5, 7)
+    notifications.clear()
+    widget.empty_slices.value = "background"
+    widget.run()
+    assert widget.current.structures.results[1].unobserved_slices == ()
+    assert not any("empty slice" in str(n.message) for n in notifications)

@@ -3,7 +3,7 @@ import pytest
 import trimesh
 
 from napari_dropsembles.core.errors import InputError
-from napari_dropsembles.core.mesh import Mesh, extract_mesh, read_mesh, write_mesh
+from napari_dropsembles.core.mesh import IsoSurface, Mesh, extract_mesh, read_mesh, sample_volume, write_mesh
 from napari_dropsembles.core.volume import Volume, affine_from_spacing
 
 CENTRE = np.array([5.0, -3.0, 20.0])
@@ -73,6 +73,83 @@ def test_values_on_other_grid_and_border_closure():
     assert tm.is_watertight
     assert mesh.signed_volume_mm3() > 0
     assert mesh.vertices_mm[:, 0].min() >= 10 - 0.5 - 1e-5  # world frame (origin x = 10)
+
+
+def test_prepared_surface_matches_trilinear_values_at_every_threshold():
+    """The slider's prepared surface: edge-interpolated vertex values equal trilinear sampling."""
+    rng = np.random.default_rng(3)
+    vol, _ = _sphere_volume()
+    noisy = vol.with_data(np.clip(vol.data + rng.normal(0, 0.05, vol.shape), 0, 1).astype(np.float32))
+    variance = vol.with_data(rng.random(vol.shape).astype(np.float32))
+    surface = IsoSurface(noisy, variance)
+    for level in (0.2, 0.5, 0.8):
+        mesh = surface.extract(level)
+        assert not mesh.is_empty
+        np.testing.assert_allclose(mesh.vertex_values, sample_volume(variance, mesh.vertices_mm), atol=1e-5)
+        assert mesh.signed_volume_mm3() > 0
+        tm = trimesh.Trimesh(mesh.vertices_mm, mesh.faces)
+        assert tm.is_watertight
+    coarse = surface.extract(0.5, step_size=2)
+    np.testing.assert_allclose(coarse.vertex_values, sample_volume(variance, coarse.vertices_mm), atol=1e-5)
+
+
+def _assert_same_triangles(vertices: np.ndarray, faces: np.ndarray, ref_vertices: np.ndarray, ref_faces: np.ndarray):
+    """Same triangles, one to one, corners within 1e-4 in the same cyclic (winding) order."""
+    from scipy.spatial import cKDTree
+
+    tri, ref = vertices[faces].astype(np.float64), ref_vertices[ref_faces].astype(np.float64)
+    assert tri.shape == ref.shape
+    dist, match = cKDTree(ref.mean(axis=1)).query(tri.mean(axis=1))
+    assert dist.max() < 1e-4 and len(np.unique(match)) == len(match)
+    ref = ref[match]
+    cyclic = [np.abs(tri - np.roll(ref, k, axis=1)).max(axis=(1, 2)) for k in range(3)]
+    assert np.min(cyclic, axis=0).max() < 1e-4
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 9])
+def test_box_of_straddling_blocks_gives_the_full_grid_mesh(step):
+    """Marching cubes on the box of blocks that straddle the level == on the whole grid, triangle for triangle."""
+    from skimage.measure import marching_cubes
+
+    rng = np.random.default_rng(step)
+    shape = (70, 45, 53)
+    data = np.zeros(shape, np.float32)
+    idx = np.indices(shape).transpose(1, 2, 3, 0)
+    for centre, radius in (((2, 12, 15), 6.5), ((30, 25, 28), 8.0)):  # two blobs, one at the border
+        data = np.maximum(data, 1 / (1 + np.exp((np.linalg.norm(idx - centre, axis=-1) - radius) / 1.5)))
+    data = np.clip(data + rng.normal(0, 0.02, shape) * (data > 0.05), 0, 1).astype(np.float32)
+    surface = IsoSurface(Volume(data))
+    for level in (0.2, 0.5, 0.9):
+        box = surface._active_box(level, step)
+        if step <= IsoSurface.BRICK:
+            assert np.prod([b.stop - b.start for b in box]) < 0.8 * np.prod(np.add(shape, 2))
+        mesh = surface.extract(level, step_size=step)
+        padded = np.pad(data, 1, constant_values=data.min())
+        verts, faces, _, _ = marching_cubes(padded, level, step_size=step, allow_degenerate=False)
+        assert len(mesh.faces) == len(faces) > 0
+        _assert_same_triangles(mesh.vertices_mm, mesh.faces, verts - 1, faces[:, ::-1])
+
+
+def test_block_ranges_cover_each_block_and_its_successor():
+    from napari_dropsembles.core.mesh import _block_ranges
+
+    data = np.random.default_rng(0).random((37, 20, 26)).astype(np.float32)
+    low, high = _block_ranges(data, 8)
+    assert low.shape == (5, 3, 4)
+    for k in np.ndindex(low.shape):
+        region = data[tuple(slice(8 * a, 8 * a + 16) for a in k)]
+        assert low[k] == region.min() and high[k] == region.max()
+
+
+def test_non_finite_voxels_read_as_the_lowest_value():
+    vol, _ = _sphere_volume()
+    data = vol.data.copy()
+    data[0, 0, 0] = np.nan
+    data[-1, -1, -1] = np.inf
+    mesh = extract_mesh(vol.with_data(data), 0.5)
+    assert np.isfinite(mesh.vertices_mm).all()
+    assert mesh.signed_volume_mm3() == pytest.approx(extract_mesh(vol, 0.5).signed_volume_mm3(), rel=1e-3)
+    assert extract_mesh(vol.with_data(np.full(vol.shape, np.nan, np.float32)), 0.5).is_empty
 
 
 def test_level_outside_range_gives_empty_mesh():

@@ -40,6 +40,7 @@ from .common import (
     is_deleted,
     known_priors,
     notify_error,
+    notify_info,
     notify_warning,
 )
 from .layers import (
@@ -209,6 +210,12 @@ class ReconstructWidget(QWidget):
             label="Output spacing (mm)", value=0.0, min=0.0, max=50.0, step=0.1,
             tooltip="0 = the input's finest voxel spacing",
         )
+        self.empty_slices = ComboBox(
+            label="Empty slices",
+            choices=[("not annotated", "unobserved"), ("background", "background")],
+            value="unobserved",
+            tooltip="empty slices between labelled ones: skipped as never annotated (default), or taken as background",
+        )
         self.device = ComboBox(label="Device", choices=list(DEVICE_CHOICES), value="auto")
         self.member_meshes = CheckBox(text="Per-member meshes", value=False)
         self.live_preview = CheckBox(text="Live preview", value=True)
@@ -222,7 +229,8 @@ class ReconstructWidget(QWidget):
         self.form = Container(
             widgets=[
                 self.input, self.label, self.use_image_threshold, self.image_threshold, self.method, self.members,
-                self.steps, self.ewc, self.seed, self.spacing, self.device, self.member_meshes, self.live_preview,
+                self.steps, self.ewc, self.seed, self.spacing, self.empty_slices, self.device, self.member_meshes,
+                self.live_preview,
             ],
             labels=True,
         )
@@ -339,6 +347,7 @@ class ReconstructWidget(QWidget):
             seed=int(self.seed.value),
             keep_members=True,
             preview_interval_s=PREVIEW_INTERVAL_S if self.live_preview.value else 0.0,
+            empty_slices=self.empty_slices.value,
         )
 
     def request(self) -> ReconstructRequest:
@@ -500,6 +509,10 @@ class ReconstructWidget(QWidget):
             + (f"; least trustworthy: label {', '.join(flagged)}" if flagged else "")
         )
         self.status.finish(RunState.DONE, f"done in {output.elapsed_s:.1f} s on {device}")
+        several = len(structures.results) > 1
+        for label, result in structures.results.items():
+            for note in result.notes():
+                notify_info(f"Dropsembles: {f'label {label}: ' if several else ''}{note}")
 
     # ------------------------------------------------------------------ threshold / members
 
@@ -591,7 +604,7 @@ def centre_on(viewer, centre_mm) -> None:
     for axis in dims.not_displayed:
         if axis >= offset:
             dims.set_point(axis, centre[axis - offset])
-    viewer.camera.center = tuple(centre[axis - offset] for axis in dims.displayed if axis >= offset)
+    viewer.scene.camera.center = tuple(centre[axis - offset] for axis in dims.displayed if axis >= offset)
 
 
 def resolve_device_quiet(name: str) -> str:

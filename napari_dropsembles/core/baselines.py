@@ -39,6 +39,8 @@ def interpolate_observation(
     target_affine: np.ndarray,
     target_shape: tuple[int, int, int],
     method: str,
+    *,
+    empty_slices: str = "unobserved",
 ) -> np.ndarray:
     """Foreground probability (float32, ``target_shape``) of the observation on a target grid.
 
@@ -46,7 +48,8 @@ def interpolate_observation(
     - ``linear``: trilinear interpolation; the grid is extended with 0 outside.
     - ``shape_based``: 2D signed distances (mm) of each slice along the observation's thickest
       axis, trilinearly interpolated (0/1 observation thresholded at 0.5; an empty layer is
-      assumed one voxel beyond the grid, 0 further out), probability ``sigmoid(-sdf / min(spacing))``.
+      assumed one voxel beyond the grid, 0 further out), probability ``sigmoid(-sdf / min(spacing))``;
+      empty slices between labelled ones are skipped unless ``empty_slices="background"``.
     """
     if method not in BASELINES:
         raise InputError(f"unknown baseline {method!r}; choose one of {', '.join(BASELINES)}")
@@ -76,7 +79,7 @@ def interpolate_observation(
             vals = ndimage.map_coordinates(src, idx, order=1, mode="constant", cval=0.0)
             out[rows] = vals.reshape((-1, *tail))
     else:
-        field = SliceDistanceField(observation)
+        field = SliceDistanceField(observation, empty_slices)
         scale = float(observation.spacing.min())
         for rows, idx in _target_chunks(index_map, target_shape):
             d = field.at_index(idx)

@@ -1,7 +1,11 @@
 """Scores of a reconstruction against a ground truth, beside the interpolation baselines.
 
 Everything is computed on the ground truth's own grid: the fitted ensemble is queried at the
-ground truth's voxel centres (no resampling of the output maps).
+ground truth's voxel centres (no resampling of the output maps). By default the query is the
+adaptive coarse-to-fine one, refined wherever the member variance exceeds ``SCORING_VARIANCE_TOL``
+(stricter than for display, because AUROC ranks even tiny variances): on the bundled case it makes
+2.7x fewer network queries (3.6 s -> 1.2 s) and every metric agrees with the dense query to 1e-7;
+on a barely trained test prior, to 1e-4. ``adaptive=False`` queries every voxel.
 """
 
 from __future__ import annotations
@@ -10,12 +14,15 @@ from collections.abc import Generator
 
 import numpy as np
 
+from .adaptive import predict_grid_adaptive_steps
 from .baselines import BASELINES, interpolate_observation
 from .methods import Fitted
 from .metrics import auroc, evaluate_probabilities, surface_band
 from .predict import EnsembleMaps, predict_grid_steps
 from .progress import CancelFlag, Progress
 from .volume import Volume
+
+SCORING_VARIANCE_TOL = 1e-5
 
 
 def score_maps(maps: EnsembleMaps, ground_truth: Volume, members: int, threshold: float = 0.5) -> dict[str, float]:
@@ -35,12 +42,15 @@ def score_maps(maps: EnsembleMaps, ground_truth: Volume, members: int, threshold
     return result
 
 
-def score_baselines(observation: Volume, ground_truth: Volume, threshold: float = 0.5) -> dict[str, dict[str, float]]:
+def score_baselines(
+    observation: Volume, ground_truth: Volume, threshold: float = 0.5, *, empty_slices: str = "unobserved"
+) -> dict[str, dict[str, float]]:
     """Nearest, linear and shape-based interpolation of the observation, scored on the GT grid."""
     gt = np.asarray(ground_truth.data) > 0
     scores = {}
     for method in BASELINES:
-        probs = interpolate_observation(observation, ground_truth.affine, ground_truth.shape, method)
+        grid = (ground_truth.affine, ground_truth.shape)
+        probs = interpolate_observation(observation, *grid, method, empty_slices=empty_slices)
         scores[method] = evaluate_probabilities(probs, gt, ground_truth.spacing, threshold=threshold)
     return scores
 
@@ -51,11 +61,28 @@ def compare_steps(
     ground_truth: Volume,
     *,
     threshold: float = 0.5,
-    chunk: int = 65536,
+    chunk: int | None = None,
+    adaptive: bool = True,
+    empty_slices: str = "unobserved",
     cancel: CancelFlag | None = None,
 ) -> Generator[Progress, None, dict]:
-    """{"method": metrics, "nearest": ..., "linear": ..., "shape_based": ...} on the GT grid."""
-    maps = yield from predict_grid_steps(fitted, ground_truth.affine, ground_truth.shape, chunk=chunk, cancel=cancel)
+    """{"method": metrics, "nearest": ..., "linear": ..., "shape_based": ...} on the GT grid.
+
+    ``empty_slices`` is how the shape-based baseline reads gaps (as the reconstruction did).
+    """
+    if adaptive:
+        maps = yield from predict_grid_adaptive_steps(
+            fitted,
+            ground_truth.affine,
+            ground_truth.shape,
+            threshold=threshold,
+            variance_tol=SCORING_VARIANCE_TOL,
+            chunk=chunk,
+            cancel=cancel,
+        )
+    else:
+        grid = (ground_truth.affine, ground_truth.shape)
+        maps = yield from predict_grid_steps(fitted, *grid, chunk=chunk, cancel=cancel)
     result = {fitted.method: score_maps(maps, ground_truth, fitted.members, threshold)}
-    result.update(score_baselines(observation, ground_truth, threshold))
+    result.update(score_baselines(observation, ground_truth, threshold, empty_slices=empty_slices))
     return result

@@ -13,10 +13,8 @@ import numpy as np
 
 from .config import ModelConfig
 from .errors import InputError
-from .slice_field import SliceDistanceField
+from .slice_field import THICK_AXIS_RATIO, SliceDistanceField, check_empty_slices, gap_slices, thick_axis
 from .volume import Volume
-
-THICK_AXIS_RATIO = 1.5  # an axis is "thick" when its spacing exceeds the finest by this factor
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,13 +94,20 @@ class Case:
     points: np.ndarray  # [N, 3 + point_features] float32 inputs at observed voxel centres inside the cube
     labels: np.ndarray  # [N] float32 0/1
     point_inputs: PointInputs
+    unobserved_slices: tuple[int, ...] = ()  # empty slices between labelled ones, read as not annotated
 
 
-def make_case(observation: Volume, config: ModelConfig, with_points: bool = True) -> Case:
+def make_case(
+    observation: Volume, config: ModelConfig, with_points: bool = True, *, empty_slices: str = "unobserved"
+) -> Case:
     """Frame the observation and splat its voxels into the 2-channel encoder grid.
 
     ``with_points=False`` skips the decoder inputs at observed voxels (pretraining needs none).
+    ``empty_slices="unobserved"``: empty slices of the thick axis between labelled slices are taken
+    as not annotated (no labels there, not counted as observed, distances interpolated across);
+    ``"background"`` takes them at their word.
     """
+    check_empty_slices(empty_slices)
     grid_size = config.grid_size
     frame = frame_from_observation(observation, config.box_padding)
     data = np.asarray(observation.data)
@@ -116,6 +121,10 @@ def make_case(observation: Volume, config: ModelConfig, with_points: bool = True
     points = frame.to_normalised(observation.index_to_world(index))
     labels = (crop.reshape(-1) > 0).astype(np.float32)
     inside = np.all(np.abs(points) < 0.5, axis=1)
+    axis = thick_axis(observation.spacing)
+    gaps = gap_slices(data > 0, axis) if empty_slices == "unobserved" else np.zeros(0, int)
+    if len(gaps):
+        inside &= ~np.isin(index[:, axis], gaps)
     points, labels = points[inside].astype(np.float32), labels[inside]
     cells = np.clip(((points + 0.5) * grid_size).astype(int), 0, grid_size - 1)
     flat = np.ravel_multi_index(cells.T, (grid_size,) * 3)
@@ -124,7 +133,14 @@ def make_case(observation: Volume, config: ModelConfig, with_points: bool = True
     occupancy = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
     observed = (count > 0).astype(np.float32)
     encoder_input = np.stack([occupancy, observed]).reshape(2, grid_size, grid_size, grid_size)
-    field = SliceDistanceField(observation) if config.point_features else None
+    field = SliceDistanceField(observation, empty_slices) if config.point_features else None
     point_inputs = PointInputs(frame=frame, field=field, sdf_scale=config.sdf_scale)
     inputs = point_inputs(points) if with_points else np.zeros((0, 3 + config.point_features), np.float32)
-    return Case(frame=frame, encoder_input=encoder_input, points=inputs, labels=labels, point_inputs=point_inputs)
+    return Case(
+        frame=frame,
+        encoder_input=encoder_input,
+        points=inputs,
+        labels=labels,
+        point_inputs=point_inputs,
+        unobserved_slices=tuple(int(g) for g in gaps),
+    )

@@ -24,10 +24,11 @@ from .errors import InputError
 from .finetune import FinetuneConfig
 from .frame import make_case
 from .io import atomic_write_bytes, ensure_writable_dir, write_volume
-from .mesh import Mesh, extract_mesh, write_mesh
+from .mesh import IsoSurface, Mesh, extract_mesh, write_mesh
 from .methods import Fitted, MethodConfig, fit_steps
 from .predict import EnsembleMaps, predict_grid_steps, run_to_end
 from .progress import CancelFlag, Progress
+from .slice_field import check_empty_slices
 from .volume import Volume
 
 PREVIEW_GRID = 32
@@ -53,6 +54,7 @@ class ReconstructionConfig:
     preview_interval_s: float = 0.0  # > 0: attach a coarse mean to progress this often
     adaptive: bool = True  # coarse-to-fine grid evaluation (core/adaptive); False = query every voxel
     precision: str = "fp32"  # "fp32", "tf32" or "bf16": CUDA only (other devices run float32)
+    empty_slices: str = "unobserved"  # empty slices between labelled ones: "unobserved" or "background"
 
     def validate(self) -> None:
         if not 0 < self.threshold < 1:
@@ -63,6 +65,7 @@ class ReconstructionConfig:
             raise InputError("lr and points per step must be positive and holdout in [0, 0.9)")
         if self.precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        check_empty_slices(self.empty_slices)
         if self.chunk is not None and self.chunk < 1:
             raise InputError(f"chunk must be a positive number of points, got {self.chunk}")
         self.method_config().validate()
@@ -91,10 +94,19 @@ class Reconstruction:
     device: str
     timings: dict = field(default_factory=dict)
     metrics: dict | None = None
+    unobserved_slices: tuple[int, ...] = ()  # empty slices between labelled ones, read as not annotated
 
-    def remesh(self, threshold: float) -> Mesh:
-        """Marching cubes on the cached mean at a new threshold (no network query)."""
-        return extract_mesh(self.maps.mean, threshold, self.maps.variance)
+    _surface: IsoSurface | None = field(default=None, init=False, repr=False)
+
+    def remesh(self, threshold: float, *, step_size: int = 1) -> Mesh:
+        """Marching cubes on the cached mean at a new threshold (no network query).
+
+        The padded grid is prepared on the first call and kept, so that a threshold slider
+        pays only for the cubes.
+        """
+        if self._surface is None:
+            self._surface = IsoSurface(self.maps.mean, self.maps.variance)
+        return self._surface.extract(threshold, step_size=step_size)
 
     def member_mesh(self, member: int, threshold: float | None = None) -> Mesh:
         if self.maps.members is None:
@@ -102,6 +114,18 @@ class Reconstruction:
         level = self.config.threshold if threshold is None else threshold
         grid = self.maps.mean.with_data(self.maps.members[member].astype(np.float32))
         return extract_mesh(grid, level, self.maps.variance)
+
+    def notes(self) -> list[str]:
+        """What the user should know about how the observation was read."""
+        notes = []
+        if self.unobserved_slices:
+            slices = ", ".join(str(s) for s in self.unobserved_slices)
+            notes.append(
+                f"{len(self.unobserved_slices)} empty slice(s) between labelled ones (index {slices} of the "
+                "thick axis) were read as not annotated; set empty slices to 'background' if they are "
+                "truly empty"
+            )
+        return notes
 
     def report(self) -> dict:
         return {
@@ -113,6 +137,8 @@ class Reconstruction:
             "frame": self.fitted.frame.to_dict(),
             "grid": {"shape": list(self.maps.mean.shape), "affine": self.maps.mean.affine.tolist()},
             "network_queries": self.maps.queries,
+            "unobserved_slices": list(self.unobserved_slices),
+            "notes": self.notes(),
             "mesh": {"vertices": int(len(self.mesh.vertices_mm)), "faces": int(len(self.mesh.faces))},
             "finetune": {
                 "best_step": self.fitted.history.get("best_step"),
@@ -180,7 +206,7 @@ def reconstruct_steps(
     torch.manual_seed(config.seed)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    case = make_case(observation, prior.config)
+    case = make_case(observation, prior.config, empty_slices=config.empty_slices)
     if case.labels.sum() == 0:
         raise InputError("no foreground voxel of the mask falls in the reconstruction box")
     timings["prepare"] = time.perf_counter() - started
@@ -215,11 +241,12 @@ def reconstruct_steps(
         maps = yield from predict_grid_steps(fitted, affine, shape, cancel=cancel, **grid_kwargs)
     timings["predict"] = time.perf_counter() - tick
     tick = time.perf_counter()
-    mesh = extract_mesh(maps.mean, config.threshold, maps.variance)
+    surface = IsoSurface(maps.mean, maps.variance)
+    mesh = surface.extract(config.threshold)
     timings["mesh"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - started
     yield Progress("mesh", 1, 1, message="done")
-    return Reconstruction(
+    result = Reconstruction(
         maps=maps,
         mesh=mesh,
         fitted=fitted,
@@ -228,7 +255,10 @@ def reconstruct_steps(
         prior_name=prior.name,
         device=str(device),
         timings=timings,
+        unobserved_slices=case.unobserved_slices,
     )
+    result._surface = surface  # the threshold slider starts from the prepared grid
+    return result
 
 
 def reconstruct(

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from .errors import InputError
 from .io import binary_mask_from_volume, list_labels
-from .mesh import Mesh, extract_mesh
+from .mesh import Mesh
 from .pipeline import Reconstruction, ReconstructionConfig, reconstruct_steps
 from .progress import CancelFlag, Progress, check_cancel
 from .volume import Volume
@@ -177,7 +177,7 @@ class StructureSet:
             if step_size == 1 and abs(float(threshold) - result.config.threshold) < 1e-9:
                 meshes.append(result.mesh)  # extracted at this threshold already
             else:
-                meshes.append(extract_mesh(result.maps.mean, threshold, result.maps.variance, step_size=step_size))
+                meshes.append(result.remesh(threshold, step_size=step_size))
         return concatenate_meshes(meshes)
 
     def member_mesh(self, member: int, threshold: float | None = None) -> Mesh:

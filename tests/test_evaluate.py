@@ -1,0 +1,24 @@
+"""Scoring against a ground truth: the adaptive query gives the dense query's metrics."""
+
+from __future__ import annotations
+
+import pytest
+
+from napari_dropsembles.core.evaluate import compare_steps
+from napari_dropsembles.core.pipeline import ReconstructionConfig, reconstruct
+from napari_dropsembles.core.predict import run_to_end
+
+from .conftest import sphere_volume
+
+
+def test_adaptive_scoring_equals_dense_scoring(ellipsoid_prior):
+    observation = sphere_volume(radius_mm=10, spacing_mm=(1.0, 1.0, 4.0))
+    truth = sphere_volume(radius_mm=10, spacing_mm=(0.5, 0.5, 0.5))
+    config = ReconstructionConfig(members=2, steps=20, device="cpu", resolution_mm=2.0)
+    fitted = reconstruct(observation, ellipsoid_prior, config).fitted
+    dense = run_to_end(compare_steps(fitted, observation, truth, adaptive=False))
+    adaptive = run_to_end(compare_steps(fitted, observation, truth))
+    assert set(dense) == set(adaptive) == {"dropsembles", "nearest", "linear", "shape_based"}
+    for name, value in dense["dropsembles"].items():
+        assert adaptive["dropsembles"][name] == pytest.approx(value, abs=2e-4), name
+    assert adaptive["shape_based"] == dense["shape_based"]
