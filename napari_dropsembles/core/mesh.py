@@ -109,11 +109,8 @@ class IsoSurface:
         self._padded = np.pad(data, 1, mode="constant", constant_values=self.low)
         self._block_low, self._block_high = _block_ranges(self._padded, self.BRICK)
         self._flip = float(np.linalg.det(np.asarray(volume.affine, dtype=float)[:3, :3])) > 0
-        self._edge_values: np.ndarray | None = None
-        self._same_grid = values is not None and (
-            values.shape == volume.shape and np.allclose(values.affine, volume.affine, atol=1e-6)
-        )
-        if self._same_grid:
+        self._edge_values: np.ndarray | None = None  # the values on the padded grid, when on the same grid
+        if values is not None and values.shape == volume.shape and np.allclose(values.affine, volume.affine, atol=1e-6):
             self._edge_values = np.pad(np.asarray(values.data, dtype=np.float32), 1, mode="edge").ravel()
 
     def extract(self, threshold: float = 0.5, *, step_size: int = 1) -> Mesh:
