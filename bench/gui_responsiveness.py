@@ -63,7 +63,14 @@ class TickRecorder:
         self.timer = QTimer()
         self.timer.setTimerType(Qt.TimerType.PreciseTimer)
         self.timer.setInterval(10)
-        self.timer.timeout.connect(lambda: self.times.append(time.perf_counter()))
+        self.timer.timeout.connect(self._tick)
+        self.stacks: dict[float, list[str]] = {}  # tick time -> where the other threads were (long gaps only)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        if self.times and now - self.times[-1] > 0.05:  # the worker held the GIL, or the main thread was busy
+            self.stacks[now] = other_thread_stacks()
+        self.times.append(now)
 
     def start(self) -> None:
         self.times = [time.perf_counter()]
@@ -79,6 +86,25 @@ class TickRecorder:
         t = np.asarray(self.times)
         inside = t[(t >= start) & (t <= stop)]
         return np.diff(inside) * 1000 if len(inside) > 1 else np.zeros(0)
+
+
+def other_thread_stacks(depth: int = 3) -> list[str]:
+    """The innermost frames of every other thread that is in this package's code (or under it)."""
+    import threading
+    import traceback
+
+    main = threading.main_thread().ident
+    found = []
+    for ident, frame in sys._current_frames().items():
+        if ident == main:
+            continue
+        frames = traceback.extract_stack(frame)
+        ours = [i for i, f in enumerate(frames) if "napari_dropsembles" in f.filename]
+        if not ours:
+            continue
+        inner = frames[ours[-1] : ours[-1] + depth]
+        found.append(" > ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in inner))
+    return found
 
 
 def summary(gaps: np.ndarray) -> dict:
@@ -106,7 +132,7 @@ def worst_gaps(recorder, start, stop, phases, callbacks, count: int = 5) -> list
         phase = next((name for when, name in reversed(phases) if when <= end), "start")
         handled = sum(ms for when, ms in callbacks if begin <= when <= end)
         found.append({"at_s": round(begin - start, 2), "gap_ms": round(1000 * (end - begin), 1), "phase": phase,
-                      "progress_handling_ms": round(handled, 1)})
+                      "progress_handling_ms": round(handled, 1), "worker_at_the_end": recorder.stacks.get(end, [])})
     return found
 
 

@@ -342,3 +342,20 @@ def test_empty_slices_between_labelled_ones_are_reported_and_the_reading_is_a_ch
     widget.run()
     assert widget.current.structures.results[1].unobserved_slices == ()
     assert not any("empty slice" in str(n.message) for n in notifications)
+
+
+def test_opening_the_widget_warms_up_a_run_off_the_gui_thread(viewer, qtbot):
+    import sys
+    import threading
+
+    from napari_dropsembles._gui import tasks
+
+    open_widget(viewer)
+    assert tasks._WARMED.is_set()
+    for thread in threading.enumerate():
+        if thread.name == "dropsembles-warm-up":
+            thread.join(timeout=60)
+    assert "torch._dynamo" in sys.modules  # what torch.optim.Adam imports on first use
+    bundled = str(tasks.bundled_prior_path().resolve())
+    assert any(key[0] == bundled for key in tasks._PRIORS)  # the bundled prior is read already
+    tasks.warm_up()  # idempotent: returns at once

@@ -167,10 +167,9 @@ def variance_limits(variance: Volume, mesh: Mesh | None = None) -> tuple[float, 
 
 def mesh_colormap():
     """inferno from 25% up: the same colours as the heatmap, but zero variance is not black on a dark canvas."""
-    from matplotlib import colormaps
-    from napari.utils.colormaps import Colormap
+    from napari.utils.colormaps import Colormap, ensure_colormap
 
-    return Colormap(colormaps["inferno"](np.linspace(0.25, 1.0, 64)), name="inferno (surface)")
+    return Colormap(ensure_colormap("inferno").map(np.linspace(0.25, 1.0, 64)), name="inferno (surface)")
 
 
 def surface_data(mesh: Mesh, frame: InputFrame) -> tuple:

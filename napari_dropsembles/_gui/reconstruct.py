@@ -60,6 +60,7 @@ from .tasks import (
     RemeshOutput,
     reconstruct_task,
     remesh_task,
+    start_warm_up,
 )
 from .workers import Outcome, Task, sync_workers_default
 
@@ -193,6 +194,7 @@ class ReconstructWidget(QWidget):
         self.reset_choices()
         self._device_changed()
         self._prior_changed()
+        start_warm_up()
 
     # ------------------------------------------------------------------ form
 

@@ -59,6 +59,30 @@ def one_core_for_the_viewer() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+_WARMED = threading.Event()
+
+
+def warm_up() -> None:
+    """Do once, off the GUI thread, the first-use work of a run: torch's optimiser machinery imports
+    torch._dynamo (about 2 s), and the bundled prior is read. A Run pressed later starts at once,
+    and its worker does not hold the interpreter lock importing modules while the user watches."""
+    if _WARMED.is_set():
+        return
+    _WARMED.set()
+    import torch
+
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    if bundled_prior_path().is_file():
+        with contextlib.suppress(CheckpointError):
+            load_prior_cached(None)
+
+
+def start_warm_up() -> None:
+    """:func:`warm_up` in a daemon thread (widgets call this when they open)."""
+    if not _WARMED.is_set():
+        threading.Thread(target=warm_up, name="dropsembles-warm-up", daemon=True).start()
+
+
 # --------------------------------------------------------------------------- priors
 
 _PRIORS: dict[tuple, Prior] = {}
