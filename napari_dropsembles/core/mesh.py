@@ -183,7 +183,7 @@ def _block_ranges(data: np.ndarray, brick: int) -> tuple[np.ndarray, np.ndarray]
     blocks = [-(-n // brick) for n in data.shape]
     full = np.pad(data, [(0, b * brick - n) for b, n in zip(blocks, data.shape, strict=True)], mode="edge")
     low, high = full, full
-    for axis in range(3):  # one axis at a time: contiguous reductions, ten times faster than one 6-D one
+    for axis in range(3):  # one axis at a time: about 9x faster than one 6-D reduction (130^3: 3.5 vs 30 ms)
         shape = blocks[:axis] + [blocks[axis], brick] + list(full.shape[axis + 1 :])
         low, high = low.reshape(shape).min(axis=axis + 1), high.reshape(shape).max(axis=axis + 1)
     for axis in range(3):

@@ -122,8 +122,8 @@ class Reconstruction:
             slices = ", ".join(str(s) for s in self.unobserved_slices)
             notes.append(
                 f"{len(self.unobserved_slices)} empty slice(s) between labelled ones (index {slices} of the "
-                "thick axis) were read as not annotated; set empty slices to 'background' if they are "
-                "truly empty"
+                "thick axis) were read as not annotated; if they are truly empty, rerun with "
+                "--empty-slices background (widget: Empty slices = background)"
             )
         return notes
 
