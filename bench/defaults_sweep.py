@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
 
 from napari_dropsembles.core.checkpoint import load_prior
+from napari_dropsembles.core.config import FinetuneConfig, ReconstructionConfig
 from napari_dropsembles.core.evaluate import score_maps
-from napari_dropsembles.core.pipeline import ReconstructionConfig, reconstruct
+from napari_dropsembles.core.pipeline import reconstruct
 from napari_dropsembles.core.simulate import simulate_volumes
 
 KEYS = ("dice", "ece", "ece_band", "nll", "auroc", "auroc_band")
@@ -25,15 +26,22 @@ VARIANTS = {
     "default": {},
     "steps 20": {"steps": 20},
     "steps 120": {"steps": 120},
-    "ewc 0": {"ewc": 0.0},
-    "ewc 0.1": {"ewc": 0.1},
-    "ewc 1": {"ewc": 1.0},
+    "ewc 0": {"ewc_lambda": 0.0},
+    "ewc 0.1": {"ewc_lambda": 0.1},
+    "ewc 1": {"ewc_lambda": 1.0},
     "lr 3e-4": {"lr": 3e-4},
     "lr 3e-3": {"lr": 3e-3},
     "points 1024": {"points_per_step": 1024},
     "points 16384": {"points_per_step": 16384},
     "members 8": {"members": 8},
 }
+
+
+def variant(base: ReconstructionConfig, changes: dict) -> ReconstructionConfig:
+    """``base`` with ``changes`` applied; fine-tuning fields go to the nested FinetuneConfig."""
+    tune = {f.name for f in fields(FinetuneConfig)}
+    top = {k: v for k, v in changes.items() if k not in tune}
+    return replace(base, **top).with_finetune(**{k: v for k, v in changes.items() if k in tune})
 
 
 def main() -> None:
@@ -53,7 +61,7 @@ def main() -> None:
     base = ReconstructionConfig(device="cpu")
     rows = {}
     for name in args.variants:
-        config = replace(base, **VARIANTS[name])
+        config = variant(base, VARIANTS[name])
         scores, seconds = [], []
         for observation, truth in cases:
             result = reconstruct(observation, prior, config, target=(truth.affine, truth.shape))
@@ -62,8 +70,9 @@ def main() -> None:
         rows[name] = {k: float(np.nanmean([s[k] for s in scores])) for k in KEYS}
         rows[name]["finetune_s"] = float(np.mean(seconds))
         print(name, json.dumps(rows[name]), flush=True)
-    shown = ("method", "members", "steps", "ewc", "lr", "points_per_step")
-    defaults = json.dumps({k: v for k, v in asdict(base).items() if k in shown})
+    shown = ("method", "members", "steps", "ewc_lambda", "lr", "points_per_step")
+    flat = {**asdict(base), **asdict(base.finetune)}
+    defaults = json.dumps({k: v for k, v in flat.items() if k in shown})
     lines = [
         "# Fine-tuning settings: quality vs time",
         "",

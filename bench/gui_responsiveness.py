@@ -194,7 +194,10 @@ def main(argv=None) -> int:
     widget._place_next = timed_place_next
     phases: list[tuple[float, str]] = []  # when each phase's first progress reached the main thread
     callbacks: list[tuple[float, float]] = []  # (when, ms) of the widget's progress handling
-    on_progress = widget._on_progress
+    owner = getattr(widget, "runner", None)  # the run controller reports progress (older code: the widget)
+    name = "_progress" if owner is not None else "_on_progress"
+    owner = owner if owner is not None else widget
+    on_progress = getattr(owner, name)
 
     def timed_on_progress(progress):
         tick = time.perf_counter()
@@ -203,7 +206,7 @@ def main(argv=None) -> int:
         on_progress(progress)
         callbacks.append((tick, 1000 * (time.perf_counter() - tick)))
 
-    widget._on_progress = timed_on_progress
+    setattr(owner, name, timed_on_progress)
     started = time.perf_counter()
     task = widget.run()
     computing_done = None

@@ -1,12 +1,20 @@
-"""Screenshots for the README: the sample vertebra reconstructed in napari with the Reconstruct widget.
+"""Screenshots for the README: what a user sees in napari with the Reconstruct widget, default display.
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py
 
-Writes ``docs/screenshot_2d_variance.png`` (a slice across the thick slices: observation,
-reconstruction outline and the variance heatmap) and ``docs/screenshot_3d_mesh.png`` (the mesh
-coloured by variance), full window, and checks that neither is black. Uses the bundled sample
-and prior; without them, ``--observation``/``--prior`` or, as a last resort, a simulated case
-(``napari-dropsembles simulate``) and a small prior pretrained on the spot.
+Two scenes, each with the window at 1280 x 800 (a laptop screen) and the widget docked:
+
+- real anatomy (``docs/data/``, cropped from ``../shared/real/``): lumbar vertebrae L1-L3 drawn on
+  every 3rd axial slice (9 mm) over their CT, reconstructed label by label:
+  ``screenshot_ct_2d.png`` (an axial slice between two drawn ones: outlines in the labels' colours,
+  variance heatmap with its colour bar, the named structure table), ``screenshot_ct_3d.png`` (the
+  mesh coloured by variance, colour bar) and ``screenshot_ct_table.png`` (a sagittal slice, L2
+  selected in the table and highlighted);
+- the bundled sample (a procedural vertebra at 1 x 1 x 4 mm): ``screenshot_2d_variance.png`` and
+  ``screenshot_3d_mesh.png``.
+
+Each canvas is checked not to be black. Uses the bundled prior; without it, ``--prior`` or a small
+prior pretrained on the spot.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DOCS = ROOT / "docs"
+DATA = DOCS / "data"
 
 
 def register_plugin() -> None:
@@ -93,7 +102,7 @@ def zoom_on(viewer, centre_mm, size_mm, app, fill: float = 0.8) -> None:
         viewer.scene.camera.center = (0.0, *[float(centre_mm[d]) for d in displayed])
         viewer.scene.camera.zoom = fill * min(height / size[displayed[0]], width / size[displayed[1]])
     else:
-        viewer.scene.camera.center = tuple(float(c) for c in centre_mm)
+        viewer.scene.camera.center = tuple(float(centre_mm[d]) for d in displayed)
         viewer.scene.camera.zoom = fill * min(height, width) / float(np.linalg.norm(size))
     settle(app)
 
@@ -120,6 +129,121 @@ def save_checked(viewer, path: Path, minimum_canvas_share: float) -> None:
     print(f"wrote {path} ({window.shape[1]}x{window.shape[0]}, canvas {100 * share:.1f}% lit)")
 
 
+def open_widget(viewer, prior_path: Path, steps: int | None):
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-dropsembles", "Reconstruct with uncertainty")
+    widget.sync = True  # a script: run in this thread, deterministic
+    widget.device.value = "cpu" if not __import__("torch").cuda.is_available() else "auto"
+    widget.add_prior(prior_path)
+    if steps is not None:
+        widget.steps.value = steps
+    return widget
+
+
+def run_widget(widget, app) -> dict:
+    from napari_dropsembles._gui.layers import role_of
+    from napari_dropsembles._gui.state import RunState
+
+    settle(app)
+    started = time.perf_counter()
+    widget.run()
+    if widget.status.state is not RunState.DONE:
+        raise SystemExit(f"reconstruction failed: {widget.status.message}")
+    print(f"reconstructed in {time.perf_counter() - started:.1f} s: {widget.status.message}")
+    settle(app)
+    return {role_of(layer): layer for layer in widget.viewer.layers if role_of(layer)}
+
+
+def object_box(widget) -> tuple[np.ndarray, np.ndarray]:
+    """(centre, size) in world mm of the thresholded mean."""
+    structures = widget.current.structures
+    inside = np.argwhere(structures.mean.data >= structures.threshold)
+    corners = structures.mean.index_to_world(np.array([inside.min(axis=0), inside.max(axis=0)]))
+    return corners.mean(axis=0), np.abs(corners[1] - corners[0])
+
+
+def new_viewer():
+    import napari
+
+    viewer = napari.Viewer(show=True, title="napari-dropsembles")
+    viewer.window._qt_window.resize(1280, 800)
+    return viewer
+
+
+def ct_scene(args, prior_path: Path, app) -> None:
+    """L1-L3 observed every 3rd axial slice, over the CT: 2D, 3D and the table."""
+    import json
+
+    viewer = new_viewer()
+    [ct] = viewer.open(str(DATA / "ct_lumbar.nii.gz"), plugin="napari-dropsembles")
+    ct.name, ct.contrast_limits = "CT", (-300.0, 1200.0)
+    [observation] = viewer.open(str(DATA / "lumbar_L1_L3_9mm.nii.gz"), plugin="napari-dropsembles")
+    observation.name = "L1-L3, 9 mm slices"
+    names = {int(k): v for k, v in json.loads((DATA / "lumbar_labels.json").read_text()).items()}
+    observation.features = {"index": list(names), "name": list(names.values())}
+    observation.opacity = 0.5
+    widget = open_widget(viewer, prior_path, args.steps)
+    widget.input.value = observation
+    widget.label.value = "each"
+    layers = run_widget(widget, app)
+    centre, size = object_box(widget)
+    observation.visible = False  # the drawn slices are under the outlines; the CT is what a reader looks at
+    # the default 2D view (axial, the thick-slice axis on the slider) at a slice between two drawn ones
+    drawn_z = observation.data_to_world((0, 0, 7))[2]
+    viewer.dims.set_point(2, drawn_z + 4.5)
+    viewer.layers.selection.active = layers["variance"]
+    zoom_on(viewer, centre, size, app, fill=0.9)
+    save_checked(viewer, args.out_dir / "screenshot_ct_2d.png", 0.02)
+    default_order = tuple(viewer.dims.order)
+    # the table: L2 selected and highlighted, seen on a sagittal slice across the drawn slices
+    viewer.dims.order = (0, 2, 1)
+    viewer.dims.set_point(0, centre[0])
+    row = [r.label for r in widget.table.rows].index(21)
+    widget.table.selectRow(row)
+    widget._select_row(row)
+    zoom_on(viewer, widget.table.rows[row].centre_mm, size, app, fill=0.9)
+    save_checked(viewer, args.out_dir / "screenshot_ct_table.png", 0.02)
+    layers["thresholded"].show_selected_label = False
+    viewer.dims.order = default_order
+    # 3D: the mesh alone, coloured by variance, with its colour bar
+    viewer.dims.ndisplay = 3
+    ct.visible = False
+    viewer.layers.selection.active = layers["mesh"]
+    viewer.reset_view()
+    viewer.camera.angles = (0.0, -60.0, 90.0)
+    viewer.camera.zoom *= 1.4
+    settle(app)
+    save_checked(viewer, args.out_dir / "screenshot_ct_3d.png", 0.02)
+    viewer.close()
+
+
+def sample_scene(args, prior_path: Path, observation_path: Path, truth_path: Path | None, app) -> None:
+    viewer = new_viewer()
+    [observation] = viewer.open(str(observation_path), plugin="napari-dropsembles")
+    observation.name = "vertebra observation"
+    if truth_path is not None:
+        [truth] = viewer.open(str(truth_path), plugin="napari-dropsembles")
+        truth.name, truth.visible = "ground truth", False
+    widget = open_widget(viewer, prior_path, args.steps)
+    widget.input.value = observation
+    widget.spacing.value = args.spacing
+    layers = run_widget(widget, app)
+    centre, size = object_box(widget)
+    observation.opacity = 0.35
+    single_colour(observation, "#3fb6ff")  # the drawn slices, blue
+    viewer.dims.set_point(2, centre[2] + 2.0)  # between two 4 mm slices
+    viewer.layers.selection.active = layers["variance"]
+    zoom_on(viewer, centre, size, app)
+    save_checked(viewer, args.out_dir / "screenshot_2d_variance.png", 0.02)
+    viewer.dims.ndisplay = 3
+    observation.visible = False
+    viewer.layers.selection.active = layers["mesh"]
+    viewer.reset_view()
+    viewer.camera.angles = (-20.0, 35.0, 130.0)
+    settle(app)
+    save_checked(viewer, args.out_dir / "screenshot_3d_mesh.png", 0.02)
+    viewer.close()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--observation", type=Path, help="a low-resolution segmentation (default: the sample)")
@@ -128,75 +252,20 @@ def main(argv=None) -> int:
     parser.add_argument("--pretrain-steps", type=int, default=300, help="for the fallback prior")
     parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: the widget's)")
     parser.add_argument("--spacing", type=float, default=0.0, help="output spacing mm (0: the input's finest)")
+    parser.add_argument("--scene", choices=("all", "ct", "sample"), default="all")
     parser.add_argument("--out-dir", type=Path, default=DOCS)
     args = parser.parse_args(argv)
 
     observation_path, truth_path, prior_path, notes = find_inputs(args)
     print("using: " + ", ".join(notes))
-    import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_dropsembles._gui.layers import role_of
-    from napari_dropsembles._gui.state import RunState
-
     register_plugin()
-    viewer = napari.Viewer(show=True, title="napari-dropsembles")
-    viewer.window._qt_window.resize(1600, 1000)
-    app = QApplication.instance()
-    [observation] = viewer.open(str(observation_path), plugin="napari-dropsembles")
-    observation.name = "vertebra observation"
-    observation.opacity = 0.45
-    if truth_path is not None:
-        [truth] = viewer.open(str(truth_path), plugin="napari-dropsembles")
-        truth.name, truth.visible = "ground truth", False
-    _dock, widget = viewer.window.add_plugin_dock_widget("napari-dropsembles", "Reconstruct with uncertainty")
-    widget.sync = True  # a script: run in this thread, deterministic
-    widget.device.value = "cpu" if not __import__("torch").cuda.is_available() else "auto"
-    widget.add_prior(prior_path)
-    widget.input.value = observation
-    widget.spacing.value = args.spacing
-    if args.steps is not None:
-        widget.steps.value = args.steps
-    settle(app)
-    started = time.perf_counter()
-    widget.run()
-    if widget.status.state is not RunState.DONE:
-        raise SystemExit(f"reconstruction failed: {widget.status.message}")
-    print(f"reconstructed in {time.perf_counter() - started:.1f} s: {widget.status.message}")
-    layers = {role_of(layer): layer for layer in viewer.layers if role_of(layer)}
-    structures = widget.current.structures
-
-    # 2D: a slice across the thick slices, through the middle of the object: the observation (blue),
-    # the mean occupancy (grey) and the variance heatmap (additive) on top
-    thick_axis = int(np.argmax(observation.scale))
-    order = [a for a in range(3) if a != thick_axis]
-    viewer.dims.order = (order[0], order[1], thick_axis)  # slide along an in-plane axis
-    inside = np.argwhere(structures.mean.data >= structures.threshold)
-    corners = structures.mean.index_to_world(np.array([inside.min(axis=0), inside.max(axis=0)]))
-    centre = corners.mean(axis=0)
-    viewer.dims.set_point(order[0], centre[order[0]])
-    layers["mesh"].visible = False
-    layers["thresholded"].visible = False
-    layers["mean"].opacity = 0.3  # the reconstruction, grey
-    observation.opacity = 0.4
-    single_colour(observation, "#3fb6ff")  # the observed slices, blue
-    viewer.layers.selection.active = layers["variance"]
-    viewer.reset_view()
-    zoom_on(viewer, centre, np.abs(corners[1] - corners[0]), app)
-    save_checked(viewer, args.out_dir / "screenshot_2d_variance.png", 0.02)
-
-    # 3D: the mesh coloured by variance (same contrast limits as the heatmap)
-    viewer.dims.ndisplay = 3
-    for role in ("mean", "variance", "thresholded"):
-        layers[role].visible = False
-    observation.visible = False
-    layers["mesh"].visible = True
-    viewer.layers.selection.active = layers["mesh"]
-    viewer.reset_view()
-    viewer.scene.camera.angles = (-20.0, 35.0, 130.0)
-    zoom_on(viewer, centre, np.abs(corners[1] - corners[0]), app, fill=1.1)
-    save_checked(viewer, args.out_dir / "screenshot_3d_mesh.png", 0.02)
-    viewer.close()
+    app = QApplication.instance() or QApplication([])
+    if args.scene in ("all", "ct"):
+        ct_scene(args, prior_path, app)
+    if args.scene in ("all", "sample"):
+        sample_scene(args, prior_path, observation_path, truth_path, app)
     return 0
 
 

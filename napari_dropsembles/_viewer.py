@@ -1,45 +1,52 @@
-"""Open a saved reconstruction folder in napari (``napari-dropsembles demo --view``)."""
+"""Open a saved reconstruction folder in napari (``napari-dropsembles demo``, ``demo --view``)."""
 
 from __future__ import annotations
 
-import json
+import importlib.util
+import os
+import sys
 from pathlib import Path
 
-import numpy as np
-
 from ._reader import read_layers
-from .core.errors import InputError
 from .core.io import read_volume
-from .core.mesh import Mesh, read_mesh
+from .core.result import read_reconstruction
+
+INSTALL_HINT = 'pip install "napari-dropsembles[all]" (napari with a Qt backend)'
 
 
-def result_folder_layer_data(out_dir: str | Path, observation_path: str | Path | None = None) -> list[tuple]:
-    """Layer data of a folder written by ``Reconstruction.save``: mean, thresholded, variance, mesh.
+def viewer_unavailable() -> str:
+    """Why a napari window cannot open here ('' when it can): no Qt backend, or no display."""
+    if importlib.util.find_spec("napari") is None:
+        return f"napari is not installed: {INSTALL_HINT}"
+    if not any(importlib.util.find_spec(name) for name in ("PyQt6", "PyQt5", "PySide6", "PySide2")):
+        return f"napari has no Qt backend: {INSTALL_HINT}"
+    if os.environ.get("QT_QPA_PLATFORM", "") == "offscreen":
+        return "QT_QPA_PLATFORM=offscreen"
+    if sys.platform in ("darwin", "win32") or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return ""
+    return "no display (DISPLAY is not set)"
 
-    With ``observation_path`` the observation comes first and the mesh takes its transform.
+
+def result_folder_layer_data(
+    out_dir: str | Path, observation_path: str | Path | None = None, frame=None
+) -> list[tuple]:
+    """Layer data of a folder written by ``Reconstruction.save``: mean, variance, thresholded, mesh.
+
+    With ``observation_path`` the observation comes first and the mesh takes its transform; with
+    ``frame`` (an :class:`~._gui.layers.InputFrame` of a layer already shown) the results belong to
+    that layer (a re-run from the widget replaces them).
     """
     from ._gui.layers import InputFrame, maps_to_layer_data
 
-    folder = Path(out_dir)
-    missing = [name for name in ("mean.nii.gz", "variance.nii.gz") if not (folder / name).is_file()]
-    if missing:
-        raise InputError(f"{folder} is not a reconstruction folder: missing {', '.join(missing)}")
-    mean = read_volume(folder / "mean.nii.gz")
-    variance = read_volume(folder / "variance.nii.gz")
-    threshold = 0.5
-    report = folder / "report.json"
-    if report.is_file():
-        threshold = float(json.loads(report.read_text()).get("config", {}).get("threshold", 0.5))
-    mesh_path = folder / "mesh.ply"
-    mesh = read_mesh(mesh_path) if mesh_path.is_file() else Mesh(np.zeros((0, 3)), np.zeros((0, 3), int))
+    saved = read_reconstruction(out_dir)
     layers = []
-    if observation_path is not None:
+    if frame is None and observation_path is not None:
         observation = read_layers(str(observation_path))[0]
         layers.append(observation)
         frame = InputFrame.from_volume(read_volume(observation_path), observation[1]["name"])
-    else:
-        frame = InputFrame.from_volume(mean, folder.name)
-    return layers + maps_to_layer_data(mean, variance, mesh, frame, threshold)
+    elif frame is None:
+        frame = InputFrame.from_volume(saved.mean, saved.folder.name)
+    return layers + maps_to_layer_data(saved.mean, saved.variance, saved.mesh, frame, saved.threshold)
 
 
 def show_result_folder(
@@ -49,19 +56,41 @@ def show_result_folder(
     *,
     viewer=None,
     run: bool = True,
+    widget: bool = False,
 ):
-    """A napari viewer with the observation, the result layers and (hidden) ground truth."""
+    """A napari viewer with the observation, the result layers, (hidden) ground truth and, with
+    ``widget``, the Reconstruct widget docked on the observation."""
     import napari
+
+    from ._gui.layers import InputFrame, role_of, show_for_ndisplay
 
     if viewer is None:
         viewer = napari.Viewer(title=f"Dropsembles: {Path(out_dir).name}")
-    layers = result_folder_layer_data(out_dir, observation_path)
+    observation = None
+    if observation_path is not None:
+        data, kwargs, layer_type = read_layers(str(observation_path))[0]
+        observation = getattr(viewer, f"add_{layer_type}")(data, **kwargs)
     if ground_truth_path is not None and Path(ground_truth_path).is_file():
-        truth = read_layers(str(ground_truth_path))[0]
-        truth[1].update(name="ground truth", visible=False, opacity=0.4)
-        layers.insert(1 if observation_path is not None else 0, truth)
-    for data, kwargs, layer_type in layers:
+        data, kwargs, layer_type = read_layers(str(ground_truth_path))[0]
+        kwargs.update(name="ground truth", visible=False, opacity=0.4)
         getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+    frame = InputFrame.from_layer(observation) if observation is not None else None
+    added = [
+        getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+        for data, kwargs, layer_type in result_folder_layer_data(out_dir, frame=frame)
+    ]
+    for layer in added:
+        if role_of(layer) == "thresholded":
+            layer.contour = 1
+        if role_of(layer) in ("variance", "mesh"):
+            layer.colorbar.visible = True
+    show_for_ndisplay(added, viewer.dims.ndisplay)
+    if widget:
+        from ._widget import open_reconstruct_widget
+
+        if observation is not None:
+            viewer.layers.selection.active = observation
+        open_reconstruct_widget(viewer)
     if run:
         napari.run()
     return viewer

@@ -1,4 +1,6 @@
-"""npe2 writers: Surface layers to PLY/OBJ/STL, Image and Labels layers to NIfTI (world mm kept).
+"""npe2 writers: Surface layers to PLY/OBJ/STL (napari's RAS world mm, as before) and to VTP/VTK/GLB
+(LPS mm, 3D Slicer's convention, variance as point data); Image and Labels layers to NIfTI, NRRD,
+MetaImage or OME-Zarr, Labels also to a Slicer .seg.nrrd keeping the layer's label names and colours.
 
 napari hands writers the layer's state; its transform (scale, translate, rotate, shear, affine)
 is turned into the voxel -> world mm affine exactly as the Reconstruct widget reads layers.
@@ -9,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from ._gui.layers import world_affine_from_state
+from .core.formats.mesh_io import write_mesh_file
+from .core.formats.segments import Segment
 from .core.io import write_volume
 from .core.mesh import Mesh, write_mesh
 from .core.volume import Volume
@@ -19,17 +23,50 @@ def layer_affine(meta: dict) -> np.ndarray:
     return world_affine_from_state(meta)
 
 
-def write_surface(path: str, data, meta: dict) -> list[str]:
+def _surface_mesh(data, meta: dict) -> Mesh:
     vertices, faces = np.asarray(data[0], dtype=float), np.asarray(data[1])
     values = np.asarray(data[2]) if len(data) > 2 else None
     if values is not None and values.ndim > 1:  # napari allows a stack of value sets: keep the first
         values = values.reshape(-1, len(vertices))[0]
     affine = layer_affine(meta)
     vertices_mm = vertices[:, -3:] @ affine[:3, :3].T + affine[:3, 3]
-    return [str(write_mesh(path, Mesh(vertices_mm=vertices_mm, faces=faces, vertex_values=values)))]
+    return Mesh(vertices_mm=vertices_mm, faces=faces, vertex_values=values)
+
+
+def write_surface(path: str, data, meta: dict) -> list[str]:
+    """PLY/OBJ/STL in napari's world (RAS mm for volumes read by this plugin)."""
+    return [str(write_mesh(path, _surface_mesh(data, meta)))]
+
+
+def write_surface_lps(path: str, data, meta: dict) -> list[str]:
+    """VTP/VTK/GLB in LPS mm (what 3D Slicer opens in place), vertex values as point data 'variance'."""
+    return [str(write_mesh_file(path, _surface_mesh(data, meta), space="LPS"))]
 
 
 def write_image(path: str, data, meta: dict) -> list[str]:
     array = np.asarray(data)
     dtype = np.float32 if np.issubdtype(array.dtype, np.floating) else array.dtype
     return [str(write_volume(path, Volume(array, layer_affine(meta)), dtype=dtype))]
+
+
+def _segments(array: np.ndarray, meta: dict) -> tuple[Segment, ...]:
+    """One segment per label present, named and coloured from the layer (metadata 'label_names', colormap)."""
+    names = {int(k): str(v) for k, v in dict((meta.get("metadata") or {}).get("label_names", {}) or {}).items()}
+    colormap = meta.get("colormap")
+    colors = getattr(colormap, "color_dict", None) or {}
+    segments = []
+    for label in (int(v) for v in np.unique(array) if v != 0):
+        rgba = colors.get(label)
+        rgb = tuple(float(c) for c in np.asarray(rgba, dtype=float)[:3]) if rgba is not None else None
+        segments.append(Segment(label, names.get(label, f"label {label}"), rgb))
+    return tuple(segments)
+
+
+def write_labels(path: str, data, meta: dict) -> list[str]:
+    """Labels as NIfTI/NRRD/MetaImage, or a Slicer .seg.nrrd with the layer's names and colours."""
+    if not str(path).lower().endswith(".seg.nrrd"):
+        return write_image(path, data, meta)
+    from .core.formats.nrrd import write_seg_nrrd
+
+    array = np.asarray(data)
+    return [str(write_seg_nrrd(path, Volume(array, layer_affine(meta)), _segments(array, meta)))]

@@ -7,15 +7,20 @@ with code 2, with nothing half-written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .core.errors import Cancelled, DropsemblesError, InputError
-from .core.progress import Progress
+from .core.errors import Cancelled, ConfigError, DropsemblesError, InputError
+from .core.progress import Progress, drive
 
 EXIT_USAGE = 2
 
@@ -27,7 +32,7 @@ class ProgressPrinter:
         self.quiet = quiet
         self.phase = ""
         self.started = time.perf_counter()
-        self.interactive = sys.stderr.isatty()
+        self.interactive = _stderr_call("isatty", default=False)
         self._last = 0.0
 
     def __call__(self, progress: Progress) -> None:
@@ -39,7 +44,7 @@ class ProgressPrinter:
         if not (new_phase or done or now - self._last > (0.1 if self.interactive else 30.0)):
             return
         if new_phase and self.phase and self.interactive:
-            sys.stderr.write("\n")
+            _say("", end="")
         self.phase = progress.phase
         self._last = now
         width = 30
@@ -51,20 +56,26 @@ class ProgressPrinter:
             f"{progress.step}/{progress.total}{loss}{note} {now - self.started:6.1f}s"
         )
         if self.interactive:
-            sys.stderr.write("\r" + line + ("\n" if done else ""))
+            _say("\r" + line, end="\n" if done else "")
         else:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
+            _say(line)
 
 
-def drive(steps: Generator, printer: Callable[[Progress], None]) -> object:
-    """Run a progress generator to the end, printing as it goes; return its value."""
-    while True:
-        try:
-            progress = next(steps)
-        except StopIteration as done:
-            return done.value
-        printer(progress)
+def _stderr_call(method: str, *args: object, default: object = None) -> object:
+    """Call ``sys.stderr.method(*args)``; ``default`` when stderr is None, closed or broken (2>&-)."""
+    stream = sys.stderr
+    if stream is None:
+        return default
+    try:
+        return getattr(stream, method)(*args)
+    except (OSError, ValueError, AttributeError):
+        return default
+
+
+def _say(text: str, end: str = "\n") -> None:
+    """A line on stderr when there is one; a run never fails because stderr is closed."""
+    _stderr_call("write", text + end)
+    _stderr_call("flush")
 
 
 def _positive_int(text: str) -> int:
@@ -108,13 +119,142 @@ def _label(text: str) -> int | str:
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--label takes an integer label or 'all', got {text!r}") from None
+        if text.strip():
+            return text.strip()  # a segment name of a .seg.nrrd or DICOM-SEG, resolved when the file is read
+        raise argparse.ArgumentTypeError(
+            f"--label takes an integer label, a segment name or 'all', got {text!r}"
+        ) from None
+
+
+def _output_arg(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("needs a path, got an empty string")
+    return Path(text)
+
+
+def _memory_limit(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of GB, got {text}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+# config field -> the option that sets it, where the two names differ (ConfigError messages name the
+# option); any other field `some_name` is set by `--some-name`
+CONFIG_OPTIONS = {
+    "finetune.steps": "--steps",
+    "finetune.ewc_lambda": "--ewc",
+    "finetune.lr": "--lr",
+    "resolution_mm": "--resolution",
+    "threshold": "--level",
+    "grid_size": "--grid",
+}
+
+
+def config_option(field: str) -> str:
+    """The command-line option that sets a config field."""
+    return CONFIG_OPTIONS.get(field, "--" + field.replace("_", "-"))
+
+
+def cli_wording(error: ConfigError) -> str:
+    """A config error in the command line's words: the option in place of the field."""
+    return error.worded(config_option(error.field))
+
+
+def cli_setting(field: str, value: object) -> str:
+    """A config field set to a value, as options (``--empty-slices background``)."""
+    return f"{config_option(field)} {value}"
+
+
+def add_reconstruction_options(p: argparse.ArgumentParser) -> None:
+    """The options of a :class:`ReconstructionConfig`; defaults and checks come from the config."""
+    from .core.config import MEMBER_DIVERSITY, ReconstructionConfig
+    from .core.device import DEVICE_CHOICES
+    from .core.methods import METHODS
+    from .core.slice_field import EMPTY_SLICES
+
+    base = ReconstructionConfig()
+    tune = base.finetune
+    p.add_argument("--method", choices=METHODS, default=base.method)
+    p.add_argument("--members", type=int, default=base.members, help=f"ensemble size M (default {base.members})")
+    p.add_argument("--steps", type=int, default=tune.steps, help=f"fine-tuning steps (default {tune.steps})")
+    p.add_argument(
+        "--ewc", type=float, default=tune.ewc_lambda, help=f"EWC strength lambda (0 = off; default {tune.ewc_lambda})"
+    )
+    p.add_argument("--lr", type=float, default=tune.lr, help=f"fine-tuning learning rate (default {tune.lr})")
+    p.add_argument(
+        "--resolution",
+        type=float,
+        default=base.resolution_mm,
+        metavar="MM",
+        help="output voxel size in mm (default: the observation's finest spacing)",
+    )
+    p.add_argument(
+        "--level",
+        type=float,
+        default=base.threshold,
+        metavar="L",
+        help=f"surface level on the mean occupancy, in (0, 1) (default {base.threshold})",
+    )
+    p.add_argument(
+        "--empty-slices",
+        choices=EMPTY_SLICES,
+        default=base.empty_slices,
+        help="empty slices between labelled ones: not annotated (default) or true background",
+    )
+    p.add_argument(
+        "--member-diversity",
+        choices=MEMBER_DIVERSITY,
+        default=base.member_diversity,
+        help="slices (default): members read the slice interpolation shifted by the between-slice uncertainty "
+        "learned from held-out slices; none: every member reads the same input",
+    )
+    p.add_argument("--device", choices=DEVICE_CHOICES, default=base.device)
+
+
+def config_from_args(args: argparse.Namespace, **more: object):
+    """The :class:`ReconstructionConfig` of the options added by :func:`add_reconstruction_options`."""
+    from .core.config import FinetuneConfig, ReconstructionConfig
+
+    try:
+        finetune = FinetuneConfig(steps=args.steps, ewc_lambda=args.ewc, lr=args.lr)
+    except ConfigError as error:
+        raise error.nested("finetune") from None
+    return ReconstructionConfig(
+        method=args.method,
+        members=args.members,
+        finetune=finetune,
+        resolution_mm=args.resolution,
+        threshold=args.level,
+        empty_slices=args.empty_slices,
+        member_diversity=args.member_diversity,
+        device=args.device,
+        seed=args.seed,
+        **more,
+    )
+
+
+def memory_option(p: argparse.ArgumentParser) -> None:
+    from .core.budget import ENV_VAR
+
+    p.add_argument(
+        "--memory-limit",
+        type=_memory_limit,
+        default=None,
+        metavar="GB",
+        help=f"refuse work estimated to need more memory (default: ${ENV_VAR}, else 80%% of the RAM)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .core.device import DEVICE_CHOICES
-    from .core.methods import METHODS
-    from .core.slice_field import EMPTY_SLICES
 
     parser = argparse.ArgumentParser(
         prog="napari-dropsembles",
@@ -126,56 +266,61 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         p.add_argument("--quiet", action="store_true", help="no progress output")
+        memory_option(p)
 
     rec = sub.add_parser("reconstruct", help="fine-tune a prior on one observation; write maps, mesh and report")
     rec.add_argument("observation", type=Path, help="segmentation volume (.nii/.nii.gz/.tif/.npy/.npz)")
-    rec.add_argument("--out", type=Path, required=True, help="output folder")
+    rec.add_argument("--out", type=_output_arg, required=True, help="output folder")
     rec.add_argument(
         "--prior",
         type=Path,
         action="append",
         help="prior .safetensors (default: the bundled one); repeat to combine single-model priors for a deep ensemble",
     )
-    rec.add_argument("--method", choices=METHODS, default="dropsembles")
-    rec.add_argument("--members", type=_positive_int, default=4, help="ensemble size M (default 4)")
-    rec.add_argument("--steps", type=_non_negative_int, default=60, help="fine-tuning steps (default 60)")
-    rec.add_argument(
-        "--ewc", type=_non_negative_float, default=0.1, help="EWC strength lambda (0 = off; default 0.1)"
-    )
-    rec.add_argument("--lr", type=_positive_float, default=1e-3, help="fine-tuning learning rate")
-    rec.add_argument(
-        "--resolution",
-        type=_positive_float,
-        default=None,
-        metavar="MM",
-        help="output voxel size in mm (default: the observation's finest spacing)",
-    )
+    add_reconstruction_options(rec)
     rec.add_argument("--like", type=Path, default=None, help="write the outputs on this reference volume's grid")
     rec.add_argument(
         "--threshold",
-        type=_unit_interval,
+        type=_finite_float,
         default=None,
-        help="mesh level on the mean (default 0.5); also binarises a non-binary input",
+        metavar="T",
+        help="binarise a non-binary input: voxels >= T are the object",
     )
     rec.add_argument(
-        "--label", type=_label, default=None, help="label to reconstruct in a multi-label volume, or 'all'"
+        "--label",
+        type=_label,
+        default=None,
+        help="label to reconstruct in a multi-label volume: a number, a segment name (.seg.nrrd, DICOM-SEG) or 'all'",
     )
     rec.add_argument(
         "--ground-truth", type=Path, default=None, help="dense mask: add metrics and baselines to report.json"
     )
-    rec.add_argument(
-        "--empty-slices",
-        choices=EMPTY_SLICES,
-        default="unobserved",
-        help="empty slices between labelled ones: not annotated (default) or true background",
-    )
-    rec.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     rec.add_argument("--members-out", action="store_true", help="also write one mesh per member")
+    rec.add_argument(
+        "--max-voxels",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="refuse output grids with more voxels (default: $DROPSEMBLES_MAX_VOXELS, else 512^3)",
+    )
+    rec.add_argument(
+        "--format",
+        default=None,
+        metavar="EXT[,EXT...]",
+        help="output formats by extension: maps nii.gz|nrrd|mha|mhd|ome.zarr, segmentation seg.nrrd|dcm (DICOM-SEG), "
+        "mesh vtp|vtk|ply|obj|stl|glb (LPS); default: the input's family (NIfTI maps and mesh.ply otherwise)",
+    )
     common(rec)
 
     pre = sub.add_parser("pretrain", help="train a prior on procedural vertebrae (or a folder of dense masks)")
-    pre.add_argument("--out", type=Path, required=True, help="checkpoint path (.safetensors)")
+    pre.add_argument("--out", type=_output_arg, required=True, help="checkpoint path (.safetensors)")
     pre.add_argument("--data", type=Path, default=None, help="folder of dense mask volumes (default: procedural)")
+    pre.add_argument(
+        "--procedural-share",
+        type=float,
+        default=0.0,
+        help="with --data: share of training samples drawn from procedural vertebrae instead (0..1)",
+    )
     pre.add_argument(
         "--shapes", type=_non_negative_int, default=0, help="fixed pool of procedural shapes (0 = endless)"
     )
@@ -199,12 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="score a reconstruction folder against a ground truth")
     ev.add_argument("prediction", type=Path, help="folder written by reconstruct (mean/variance/entropy .nii.gz)")
     ev.add_argument("ground_truth", type=Path, help="dense ground-truth mask")
-    ev.add_argument("--threshold", type=_unit_interval, default=0.5)
-    ev.add_argument("--out", type=Path, default=None, help="write the metrics JSON here (default: stdout only)")
+    ev.add_argument(
+        "--level", "--threshold", dest="level", type=_unit_interval, default=0.5, help="decision level on the mean"
+    )
+    ev.add_argument("--out", type=_output_arg, default=None, help="write the metrics JSON here (default: stdout only)")
     ev.add_argument("--quiet", action="store_true")
+    memory_option(ev)
 
     sim = sub.add_parser("simulate", help="make a synthetic case: dense ground truth and a low-resolution observation")
-    sim.add_argument("--out", type=Path, required=True, help="output folder")
+    sim.add_argument("--out", type=_output_arg, required=True, help="output folder")
     sim.add_argument("--slice-factor", type=_positive_float, default=4.0, help="slice spacing / in-plane spacing")
     sim.add_argument("--in-plane", type=_positive_float, default=1.0, help="in-plane spacing of the observation (mm)")
     sim.add_argument("--axis", type=int, choices=(0, 1, 2), default=2, help="thick-slice axis")
@@ -214,15 +362,39 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--gt-spacing", type=_positive_float, default=0.5, help="ground-truth voxel size (mm)")
     common(sim)
 
-    bench = sub.add_parser("bench", help="run a benchmark of the source checkout (bench/): 'paper' reproduces the "
-                           "Dropsembles paper's experiments")
-    bench.add_argument("name", choices=("paper",), help="which benchmark")
-    bench.add_argument("options", nargs=argparse.REMAINDER, help="its options, e.g. --quick")
+    many = sub.add_parser(
+        "reconstruct-many",
+        help="reconstruct a cohort (folder, glob or CSV manifest) on dask.distributed; resumable; one summary table",
+    )
+    many.add_argument("inputs", help="a folder, a glob pattern (quoted) or a CSV manifest (observation, ...)")
+    many.add_argument(
+        "--out", type=_output_arg, required=True, help="output folder (cases/, failed/, summary.csv/.parquet)"
+    )
+    many.add_argument("--prior", type=Path, action="append", help="prior .safetensors (default: the bundled one)")
+    add_reconstruction_options(many)
+    many.add_argument(
+        "--labels",
+        default=None,
+        help="structures of cases whose manifest names none: 'each' label, 'all' merged, or '1,2,3' (default: binary)",
+    )
+    many.add_argument(
+        "--workers", type=_non_negative_int, default=None,
+        help="LocalCluster worker processes (default: sized to the machine; 0 = run in this process)",
+    )
+    many.add_argument("--scheduler", default=None, metavar="ADDRESS", help="use a running dask scheduler (tcp://...)")
+    many.add_argument("--gpu", action="store_true", help="each task claims dask resource GPU=1 (workers declare it)")
+    many.add_argument("--num-parts", type=_positive_int, default=1, help="split the manifest into N parts")
+    many.add_argument("--part-id", type=_non_negative_int, default=0, help="run part I of --num-parts (0-based)")
+    many.add_argument("--dashboard-address", default=":8787", help="LocalCluster dashboard address")
+    common(many)
 
     demo = sub.add_parser("demo", help="the main job on the bundled sample: reconstruct, score, write outputs")
-    demo.add_argument("--out", type=Path, default=Path("dropsembles-demo"), help="output folder")
+    demo.add_argument("--out", type=_output_arg, default=Path("dropsembles-demo"), help="output folder")
     demo.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
-    demo.add_argument("--view", action="store_true", help="open napari with the result layers")
+    demo.add_argument(
+        "--view", action=argparse.BooleanOptionalAction, default=None,
+        help="open napari with the sample, the result layers and the widget (default: when a display is present)",
+    )
     common(demo)
     return parser
 
@@ -230,7 +402,22 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_observation(path: Path, label, threshold):
     from .core.io import binary_mask_from_volume, read_volume
 
-    return binary_mask_from_volume(read_volume(path), label=label, threshold=threshold)
+    volume = read_volume(path)
+    if isinstance(label, str) and label != "all":  # a segment name (core/formats)
+        from .core.formats import find_segment
+
+        label = find_segment(path, label).label
+    elif label is None and threshold is None:
+        from .core.formats import can_read, read_segments
+
+        segments = read_segments(path).segments if can_read(path) else ()
+        if len(segments) > 1:
+            names = ", ".join(repr(s.name) for s in segments)
+            raise InputError(
+                f"{path}: holds several segments ({names}); choose one with --label NAME, "
+                f'e.g. --label "{segments[0].name}", or merge them with --label all'
+            )
+    return binary_mask_from_volume(volume, label=label, threshold=threshold)
 
 
 def _load_priors(paths: Sequence[Path] | None):
@@ -251,35 +438,31 @@ def _load_priors(paths: Sequence[Path] | None):
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from .core.budget import check_reconstruction_request
     from .core.evaluate import compare_steps
-    from .core.io import ensure_writable_dir, read_volume
+    from .core.io import read_volume
     from .core.mesh import write_mesh
-    from .core.pipeline import ReconstructionConfig, reconstruct_steps
+    from .core.methods import check_prior
+    from .core.outputs import atomic_folder, check_output_folder
+    from .core.pipeline import reconstruct_steps
 
     printer = ProgressPrinter(args.quiet)
+    config = config_from_args(args, keep_members=args.members_out)
+    inputs = {"observation": args.observation, "ground truth": args.ground_truth, "--like volume": args.like}
+    inputs.update({f"prior {p}": p for p in args.prior or ()})
+    out = check_output_folder(args.out, inputs=inputs)
+    formats = _output_formats(args)
     observation = _load_observation(args.observation, args.label, args.threshold)
     prior = _load_priors(args.prior)
-    config = ReconstructionConfig(
-        method=args.method,
-        members=args.members,
-        steps=args.steps,
-        ewc=args.ewc,
-        lr=args.lr,
-        resolution_mm=args.resolution,
-        threshold=args.threshold or 0.5,
-        device=args.device,
-        seed=args.seed,
-        keep_members=args.members_out,
-        empty_slices=args.empty_slices,
-    )
     target = None
     if args.like is not None:
         reference = read_volume(args.like)
         target = (reference.affine, reference.shape)
     ground_truth = _load_observation(args.ground_truth, None, 0.5) if args.ground_truth else None
-    config.validate()
-    config.method_config().validate(prior)
-    out = ensure_writable_dir(args.out)
+    check_prior(config, prior)
+    check_reconstruction_request(
+        observation, prior, config, target, ground_truth.shape if ground_truth is not None else None
+    )
     result = drive(reconstruct_steps(observation, prior, config, target=target), printer)
     if ground_truth is not None:
         tick = time.perf_counter()
@@ -290,17 +473,33 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             printer,
         )
         result.timings["evaluate"] = time.perf_counter() - tick
-    paths = result.save(out)
-    if args.members_out:
-        for m in range(result.fitted.members):
-            member_mesh = result.member_mesh(m)
-            if not member_mesh.is_empty:
-                paths[f"member{m}"] = write_mesh(out / f"mesh_member{m}.ply", member_mesh)
+    with atomic_folder(out) as staging:  # the previous result stays whole until the new one is
+        paths = result.save(staging, formats=formats)
+        if args.members_out:
+            for m in range(result.fitted.members):
+                member_mesh = result.member_mesh(m)
+                if not member_mesh.is_empty:
+                    paths[f"member{m}"] = write_mesh(staging / f"mesh_member{m}.ply", member_mesh)
+    paths = {name: out / Path(path).name for name, path in paths.items()}
     if not args.quiet:
         print(_summary(result))
         for name, path in paths.items():
             print(f"  {name:>18}: {path}")
     return 0
+
+
+def _output_formats(args: argparse.Namespace):
+    """The output formats (--format, else the input's family); None: the historical NIfTI + mesh.ply."""
+    from dataclasses import replace
+
+    from .core.formats import find_segment
+    from .core.formats.outputs import OutputFormats, output_formats
+
+    formats = output_formats(args.format, args.observation)
+    if isinstance(args.label, str) and args.label != "all":  # the output segment keeps the input's name and colour
+        segment = find_segment(args.observation, args.label)
+        formats = replace(formats, segment=replace(segment, label=1))
+    return None if formats == OutputFormats() else formats
 
 
 def _summary(result) -> str:
@@ -309,7 +508,7 @@ def _summary(result) -> str:
         f"{result.config.method} M={result.fitted.members} on {result.device}: fine-tune {t.get('finetune', 0):.1f}s, "
         f"predict {t.get('predict', 0):.1f}s ({result.maps.mean.shape} grid), total {t.get('total', 0):.1f}s"
     ]
-    lines += [f"note: {note}" for note in result.notes()]
+    lines += [f"note: {note}" for note in result.notes(cli_setting)]
     if result.metrics:
         lines.append(_metrics_table(result.metrics))
     return "\n".join(lines)
@@ -327,12 +526,12 @@ def _metrics_table(metrics: dict[str, dict[str, float]]) -> str:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .core.checkpoint import save_prior
     from .core.config import ModelConfig
-    from .core.device import resolve_device
+    from .core.distributed import init_distributed, shutdown
     from .core.io import ensure_writable_dir
+    from .core.outputs import check_output_path
     from .core.pretrain import PretrainConfig, pretrain_steps, shapes_from_folder
 
-    if args.out.suffix != ".safetensors":
-        raise InputError(f"--out must end in .safetensors, got {args.out}")
+    check_output_path(args.out, suffix=".safetensors", inputs={"--data folder": args.data})
     ensure_writable_dir(args.out.parent)
     shapes = shapes_from_folder(args.data) if args.data else None
     model_config = ModelConfig(grid_size=args.grid, hidden=args.hidden, blocks=args.blocks, dropout=args.dropout)
@@ -343,12 +542,18 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         shapes=args.shapes,
         samples=args.samples,
         seed=args.seed,
+        procedural_share=args.procedural_share,
     )
-    device = resolve_device(args.device)
-    prior = drive(
-        pretrain_steps(model_config, config, models=args.models, shapes=shapes, device=device),
-        ProgressPrinter(args.quiet),
-    )
+    dist, device = init_distributed(args.device)  # under torchrun: one rank of a DDP run (core/distributed)
+    try:
+        prior = drive(
+            pretrain_steps(model_config, config, models=args.models, shapes=shapes, device=device, dist=dist),
+            ProgressPrinter(args.quiet or not dist.is_main),
+        )
+    finally:
+        shutdown()
+    if not dist.is_main:
+        return 0  # rank 0 writes the one checkpoint
     prior.training["command"] = "napari-dropsembles " + " ".join(args.argv)
     save_prior(prior, args.out)
     if not args.quiet:
@@ -358,36 +563,23 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .core.evaluate import score_maps
-    from .core.io import atomic_write_bytes, read_volume
-    from .core.predict import EnsembleMaps
+    from .core.io import atomic_write_bytes
+    from .core.result import read_reconstruction
 
-    folder = args.prediction
-    needed = {name: folder / f"{name}.nii.gz" for name in ("mean", "variance", "entropy")}
-    missing = [str(p) for p in needed.values() if not p.is_file()]
-    if missing:
-        raise InputError(f"{folder} is not a reconstruction folder: missing {', '.join(missing)}")
-    volumes = {name: read_volume(path) for name, path in needed.items()}
+    if args.out is not None:
+        from .core.outputs import check_output_path
+
+        inputs = {"ground truth": args.ground_truth, "prediction folder": args.prediction}
+        inputs.update({f"map {p.name}": p for p in Path(args.prediction).glob("*") if p.is_file()})
+        check_output_path(args.out, option="--out", inputs=inputs)
+    saved = read_reconstruction(args.prediction)
+    maps = saved.maps()
     ground_truth = _load_observation(args.ground_truth, None, 0.5)
-    if (
-        volumes["mean"].shape != ground_truth.shape
-        or not (abs(volumes["mean"].affine - ground_truth.affine) < 1e-4).all()
-    ):
+    if maps.mean.shape != ground_truth.shape or not (abs(maps.mean.affine - ground_truth.affine) < 1e-4).all():
         raise InputError(
             "the prediction is not on the ground truth's grid; run reconstruct with --like GT (or --ground-truth GT)"
         )
-    members = 1
-    report = folder / "report.json"
-    if report.is_file():
-        members = int(json.loads(report.read_text()).get("members", 1))
-    mi_path = folder / "mutual_information.nii.gz"
-    mutual_information = read_volume(mi_path) if mi_path.is_file() else volumes["entropy"]
-    maps = EnsembleMaps(
-        mean=volumes["mean"],
-        variance=volumes["variance"],
-        entropy=volumes["entropy"],
-        mutual_information=mutual_information,
-    )
-    metrics = score_maps(maps, ground_truth, members, args.threshold)
+    metrics = score_maps(maps, ground_truth, saved.members, args.level)
     text = json.dumps(metrics, indent=2)
     if args.out:
         atomic_write_bytes(args.out, text.encode())
@@ -396,22 +588,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from .core.outputs import atomic_folder, check_output_folder
     from .core.simulate import simulate_case
 
-    case = simulate_case(
-        args.out,
-        seed=args.seed,
-        slice_factor=args.slice_factor,
-        in_plane_mm=args.in_plane,
-        axis=args.axis,
-        erosion=args.erosion,
-        noise=args.noise,
-        missing=args.missing,
-        gt_spacing_mm=args.gt_spacing,
-    )
+    out = check_output_folder(args.out)
+    with atomic_folder(out) as staging:
+        case = simulate_case(
+            staging,
+            seed=args.seed,
+            slice_factor=args.slice_factor,
+            in_plane_mm=args.in_plane,
+            axis=args.axis,
+            erosion=args.erosion,
+            noise=args.noise,
+            missing=args.missing,
+            gt_spacing_mm=args.gt_spacing,
+        )
     if not args.quiet:
         for name, path in case.items():
-            print(f"  {name:>12}: {path}")
+            print(f"  {name:>12}: {out / Path(path).name}")
     return 0
 
 
@@ -435,51 +630,151 @@ def cmd_demo(args: argparse.Namespace) -> int:
     code = main(argv)
     if code == 0 and not args.quiet:
         print(f"demo finished in {time.perf_counter() - started:.1f} s; outputs in {args.out}")
-    if code == 0 and args.view:
-        from ._viewer import show_result_folder
+    if code != 0:
+        return code
+    from ._viewer import show_result_folder, viewer_unavailable
 
-        show_result_folder(args.out, sample["observation"], sample["ground_truth"])
+    reason = viewer_unavailable()
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()  # a person at a terminal, not a script or a test
+    view = args.view if args.view is not None else (interactive and not reason)
+    if view and reason:
+        raise InputError(f"cannot open napari: {reason}")
+    if view:
+        show_result_folder(args.out, sample["observation"], sample["ground_truth"], widget=True)
+    elif not args.quiet:
+        why = reason or ("--no-view" if args.view is False else "not run from a terminal")
+        print(f"no napari window ({why}); to look at the result on a desktop: napari-dropsembles demo --view, "
+              f"or open {args.out}/mean.nii.gz, variance.nii.gz and mesh.ply in napari")
     return code
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    """Benchmarks live in the repository's bench/ (not in the wheel): run them from a checkout."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / "bench" / args.name / "__main__.py").is_file():
-        raise InputError(f"bench/{args.name} is part of the source checkout, not the installed package; "
-                         "run this from a clone of the repository (pip install -e .)")
-    sys.path.insert(0, str(root))
-    import importlib
+def cmd_reconstruct_many(args: argparse.Namespace) -> int:
+    from .core.cohort import parse_labels, plan_tasks, read_manifest, run_cohort_steps, shard
+    from .core.device import resolve_device
 
-    module = importlib.import_module(f"bench.{args.name}.__main__")
-    return int(module.main(args.options) or 0)
+    config = config_from_args(args)
+    local_gpu = args.scheduler is None and args.workers != 0 and resolve_device(args.device).type == "cuda"
+    cases = read_manifest(args.inputs)
+    tasks = plan_tasks(cases, config, priors=args.prior or (), labels=parse_labels(args.labels),
+                       gpu=args.gpu or local_gpu)
+    part = shard(tasks, args.num_parts, args.part_id)
+    printer = ProgressPrinter(args.quiet)
+    if not args.quiet:
+        where = f" (part {args.part_id + 1} of {args.num_parts})" if args.num_parts > 1 else ""
+        print(f"{len(part)} task(s) from {len(cases)} case(s){where} -> {args.out}", file=sys.stderr)
+
+    def report(progress: Progress) -> None:
+        if "dashboard" in progress.extra and progress.extra["dashboard"] and not args.quiet:
+            print(f"dask dashboard: {progress.extra['dashboard']}", file=sys.stderr)
+        elif progress.message != "dashboard":
+            printer(progress)
+
+    result = drive(
+        run_cohort_steps(
+            part, args.out, manifest_tasks=tasks, workers=args.workers, scheduler=args.scheduler,
+            dashboard_address=args.dashboard_address,
+        ),
+        report,
+    )
+    failed = [row for row in result.rows if row["status"] == "failed"]
+    if not args.quiet:
+        print(f"{result.count('done')} done ({len(result.skipped)} skipped as unchanged), {len(failed)} failed; "
+              f"summary: {result.summary_csv} and {result.summary_parquet}")
+        for row in failed:
+            print(f"  failed {row['task']}: {row['error']}")
+    return 1 if failed else 0
 
 
 COMMANDS = {
-    "bench": cmd_bench,
     "reconstruct": cmd_reconstruct,
     "pretrain": cmd_pretrain,
     "evaluate": cmd_evaluate,
     "simulate": cmd_simulate,
     "demo": cmd_demo,
+    "reconstruct-many": cmd_reconstruct_many,
 }
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that temporaries are removed on the way out."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _prepare_process() -> None:
+    """Closed standard descriptors (``2>&-``) get /dev/null, so that no file we open becomes fd 2 and
+    takes stray library output; SIGTERM unwinds like Ctrl-C (temporaries removed, exit 143)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
+    if threading.current_thread() is threading.main_thread():
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _os_error_line(error: OSError) -> str:
+    """One line for a failed read or write, saying what to do (the output option is --out)."""
+    from .core.faults import describe_fault
+
+    return describe_fault(error).replace("write elsewhere", "write elsewhere (--out)")
+
+
+def _broken_stdout() -> None:
+    """The reader of stdout went away (``| head``): send what is left to /dev/null, quietly."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from .core.budget import memory_limit, output_voxel_limit
+
+    _prepare_process()
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
+    name = f"napari-dropsembles {args.command}"
     try:
-        return COMMANDS[args.command](args)
+        with memory_limit(getattr(args, "memory_limit", None)), output_voxel_limit(getattr(args, "max_voxels", None)):
+            return COMMANDS[args.command](args)
     except Cancelled:
-        print("napari-dropsembles: cancelled", file=sys.stderr)
+        _say("napari-dropsembles: cancelled")
         return 130
+    except ConfigError as error:
+        _say(f"{name}: error: {cli_wording(error)}")
+        return EXIT_USAGE
     except DropsemblesError as error:
-        print(f"napari-dropsembles {args.command}: error: {error}", file=sys.stderr)
+        _say(f"{name}: error: {error}")
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("napari-dropsembles: interrupted", file=sys.stderr)
+        _say("napari-dropsembles: interrupted; the previous output is unchanged")
         return 130
+    except Terminated:
+        _say("napari-dropsembles: terminated (SIGTERM); the previous output is unchanged")
+        return 143
+    except BrokenPipeError:
+        _broken_stdout()
+        _say(f"{name}: the output pipe was closed; stopped writing to stdout (files were written)")
+        return 141
+    except MemoryError as error:
+        from .core.faults import describe_fault
+
+        _say(f"{name}: error: {describe_fault(error)}")
+        return EXIT_USAGE
+    except OSError as error:
+        _say(f"{name}: error: {_os_error_line(error)}")
+        return EXIT_USAGE
+    except Exception as error:  # a bug: one line for unattended runs; the traceback on request
+        if os.environ.get("DROPSEMBLES_DEBUG"):
+            raise
+        from .core.io import one_line
+
+        _say(f"{name}: internal error ({type(error).__name__}: {one_line(error, 160)}); "
+             "rerun with DROPSEMBLES_DEBUG=1 for the traceback and please report it")
+        return 1
 
 
 if __name__ == "__main__":

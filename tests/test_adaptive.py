@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_dropsembles.core.adaptive import coarse_step_for, lattice, mark_cells, predict_grid_adaptive_steps
+from napari_dropsembles.core.adaptive import coarse_step_for, lattice, mark_cells
+from napari_dropsembles.core.config import FinetuneConfig
 from napari_dropsembles.core.errors import Cancelled
 from napari_dropsembles.core.frame import Frame
 from napari_dropsembles.core.metrics import dice
@@ -60,7 +61,9 @@ def _queried_voxels(fitted: _Lobes, affine: np.ndarray, shape) -> np.ndarray:
 def _both(fitted, affine, shape, **kwargs):
     dense = run_to_end(predict_grid_steps(fitted, affine, shape, chunk=20000))
     fitted.queried, fitted.seen = 0, []
-    adaptive = run_to_end(predict_grid_adaptive_steps(fitted, affine, shape, chunk=20000, **kwargs))
+    adaptive = run_to_end(
+        predict_grid_steps(fitted, affine, shape, adaptive=True, coarse_step=4, chunk=20000, **kwargs)
+    )
     return dense, adaptive
 
 
@@ -91,7 +94,7 @@ def test_uneven_grid_and_kept_members_agree_with_dense():
     affine, _ = _grid(40)
     shape = (37, 41, 30)
     dense = run_to_end(predict_grid_steps(fitted, affine, shape, keep_members=True))
-    adaptive = run_to_end(predict_grid_adaptive_steps(fitted, affine, shape, keep_members=True, coarse_step=3))
+    adaptive = run_to_end(predict_grid_steps(fitted, affine, shape, adaptive=True, keep_members=True, coarse_step=3))
     assert adaptive.members.shape == dense.members.shape == (2, *shape)
     assert np.isfinite(adaptive.mean.data).all()
     refined = np.isclose(adaptive.variance.data, dense.variance.data, atol=1e-7) & (dense.variance.data > 1e-3)
@@ -116,19 +119,21 @@ def test_marking_straddling_and_uncertain_cells_then_dilating():
 def test_small_grids_fall_back_to_dense_and_cancel_stops():
     fitted = _Lobes()
     affine, shape = _grid(8)
-    adaptive = run_to_end(predict_grid_adaptive_steps(fitted, affine, shape))
+    adaptive = run_to_end(predict_grid_steps(fitted, affine, shape, adaptive=True, coarse_step=4))
     assert adaptive.queries == 8**3 * fitted.members
     cancel = CancelToken()
-    steps = predict_grid_adaptive_steps(fitted, *_grid(48), cancel=cancel, chunk=1000)
+    steps = predict_grid_steps(fitted, *_grid(48), adaptive=True, coarse_step=4, cancel=cancel, chunk=1000)
     next(steps)
     cancel.set()
     with pytest.raises(Cancelled):
         run_to_end(steps)
 
 
+@pytest.mark.slow
 def test_pipeline_adaptive_matches_dense():
     sphere = sphere_volume(radius_mm=10, centre_mm=(5.0, -3.0, 20.0))
-    common = dict(members=2, steps=40, lr=1e-2, ewc=0.01, points_per_step=512, device="cpu", resolution_mm=0.5)
+    tune = FinetuneConfig(steps=40, lr=1e-2, ewc_lambda=0.01, points_per_step=512)
+    common = dict(members=2, finetune=tune, device="cpu", resolution_mm=0.5)
     dense = reconstruct(sphere, make_tiny_prior(), ReconstructionConfig(adaptive=False, **common))
     adaptive = reconstruct(sphere, make_tiny_prior(), ReconstructionConfig(**common))
     assert ReconstructionConfig().adaptive

@@ -6,11 +6,12 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from napari_dropsembles.core.chunking import FastEnsembleDecoder, choose_formulation
+from napari_dropsembles.core.config import FinetuneConfig, ReconstructionConfig
 from napari_dropsembles.core.ensemble import DECODER_PARAMS, EnsembleDecoder, sample_member_masks
-from napari_dropsembles.core.finetune import FinetuneConfig, finetune_steps
+from napari_dropsembles.core.finetune import finetune_steps
 from napari_dropsembles.core.frame import make_case
-from napari_dropsembles.core.methods import MethodConfig, fit_steps
+from napari_dropsembles.core.fused_decoder import FastEnsembleDecoder, choose_formulation
+from napari_dropsembles.core.methods import fit_steps
 from napari_dropsembles.core.predict import run_to_end
 
 from .conftest import TINY, make_tiny_prior, sphere_volume
@@ -133,9 +134,10 @@ def test_fit_uses_the_formulation_chosen_for_the_device():
     assert choose_formulation(torch.device("cuda")) == "batched"
     prior = make_tiny_prior()
     case = make_case(sphere_volume(), TINY)
-    config = MethodConfig(members=2, finetune=FinetuneConfig(steps=2, points_per_step=128))
+    config = ReconstructionConfig(members=2, finetune=FinetuneConfig(steps=2, points_per_step=128))
     fitted = run_to_end(fit_steps(case, prior, config, device="cpu"))
     assert isinstance(fitted.decoder, EnsembleDecoder) and fitted.decoder.formulation == "fused"
     for method in ("mc_dropout", "single"):
-        fitted = run_to_end(fit_steps(case, prior, MethodConfig(method=method, members=2, finetune=config.finetune)))
+        other = ReconstructionConfig(method=method, members=2, finetune=config.finetune)
+        fitted = run_to_end(fit_steps(case, prior, other))
         assert fitted.decoder.formulation == "fused"

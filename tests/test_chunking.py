@@ -152,7 +152,7 @@ def test_precision_applies_on_cuda_only(monkeypatch):
 
 def test_config_checks_precision_and_chunk():
     with pytest.raises(InputError, match="precision"):
-        ReconstructionConfig(precision="fp16").validate()
+        ReconstructionConfig(precision="fp16")
     with pytest.raises(InputError, match="chunk"):
-        ReconstructionConfig(chunk=0).validate()
-    ReconstructionConfig(precision="bf16", chunk=4096).validate()
+        ReconstructionConfig(chunk=0)
+    ReconstructionConfig(precision="bf16", chunk=4096)

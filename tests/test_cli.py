@@ -157,7 +157,11 @@ def test_bad_volumes_exit_2_with_a_message_and_write_nothing(tmp_path, files, ca
     [
         (["--members", "0"], "--members"),
         (["--steps", "-3"], "--steps"),
-        (["--threshold", "1.5"], "--threshold"),
+        (["--level", "1.5"], "--level must be a finite number in (0, 1), got 1.5"),
+        (["--seed", str(2**64)], "--seed must be an integer from 0 to"),
+        (["--resolution", "inf"], "--resolution must be a finite number > 0"),
+        (["--lr", "nan"], "--lr must be a finite number"),
+        (["--members", "100000"], "--members must be an integer from 1 to"),
         (["--method", "deep_ensemble", "--members", "8"], "independently pretrained"),
     ],
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_dropsembles.core.data import corrupt_digit, digits_shapes, sinusoid_dataset
+from bench.paper.toy_data import corrupt_digit, digits_shapes, sinusoid_dataset
 from napari_dropsembles.core.errors import InputError
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from napari_dropsembles.cli import main
 
 
+@pytest.mark.slow
 def test_demo_writes_outputs_and_beats_shape_based_interpolation(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--device", "cpu", "--quiet"]) == 0

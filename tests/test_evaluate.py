@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import pytest
 
+from napari_dropsembles.core.config import FinetuneConfig, ReconstructionConfig
 from napari_dropsembles.core.evaluate import compare_steps
-from napari_dropsembles.core.pipeline import ReconstructionConfig, reconstruct
+from napari_dropsembles.core.pipeline import reconstruct
 from napari_dropsembles.core.predict import run_to_end
 
 from .conftest import sphere_volume
 
 
+@pytest.mark.slow
 def test_adaptive_scoring_equals_dense_scoring(ellipsoid_prior):
     observation = sphere_volume(radius_mm=10, spacing_mm=(1.0, 1.0, 4.0))
     truth = sphere_volume(radius_mm=10, spacing_mm=(0.5, 0.5, 0.5))
-    config = ReconstructionConfig(members=2, steps=20, device="cpu", resolution_mm=2.0)
+    config = ReconstructionConfig(members=2, finetune=FinetuneConfig(steps=20), device="cpu", resolution_mm=2.0)
     fitted = reconstruct(observation, ellipsoid_prior, config).fitted
     dense = run_to_end(compare_steps(fitted, observation, truth, adaptive=False))
     adaptive = run_to_end(compare_steps(fitted, observation, truth))

@@ -38,7 +38,7 @@ def test_manifest_declares_reader_writers_samples_widgets_and_menu():
     assert any(types == ("image",) and ".nii.gz" in ext for types, ext in writers)
     assert [s.key for s in contributions.sample_data] == ["vertebra"]
     assert [w.display_name for w in contributions.widgets] == [
-        "Reconstruct with uncertainty", "Train a prior", "Evaluate against ground truth",
+        "Reconstruct with uncertainty", "Train a prior", "Evaluate against ground truth", "Batch (cohort)",
     ]
     menu = manifest.contributions.menus["napari/layers/segment"]
     assert menu[0].command == "napari-dropsembles.reconstruct_selected_layer"

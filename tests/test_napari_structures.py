@@ -16,11 +16,12 @@ from napari_dropsembles._gui.layers import (
 from napari_dropsembles._gui.state import RunState
 from napari_dropsembles._gui.tasks import observation_masks
 from napari_dropsembles._gui.workers import Task, guarded_steps
+from napari_dropsembles.core.config import FinetuneConfig, ReconstructionConfig
 from napari_dropsembles.core.errors import Cancelled, InputError
 from napari_dropsembles.core.mesh import extract_mesh, sample_volume
-from napari_dropsembles.core.pipeline import Reconstruction, ReconstructionConfig
 from napari_dropsembles.core.predict import EnsembleMaps
-from napari_dropsembles.core.progress import CancelToken, Progress
+from napari_dropsembles.core.progress import CancelToken, Progress, drive
+from napari_dropsembles.core.result import Reconstruction
 from napari_dropsembles.core.structures import (
     StructureRow,
     combine_structures,
@@ -118,16 +119,12 @@ def test_structures_are_reconstructed_one_label_at_a_time():
     volume = two_spheres(labels=(2, 5))
     masks = structure_masks(volume)
     assert sorted(masks) == [2, 5]
-    config = ReconstructionConfig(steps=2, members=2, resolution_mm=3.0, device="cpu", points_per_step=512)
+    config = ReconstructionConfig(
+        members=2, finetune=FinetuneConfig(steps=2, points_per_step=512), resolution_mm=3.0, device="cpu"
+    )
     steps = reconstruct_structures_steps(masks, make_tiny_prior(), config)
     seen = set()
-    while True:
-        try:
-            progress = next(steps)
-        except StopIteration as done:
-            structures = done.value
-            break
-        seen.add(progress.extra["label"])
+    structures = drive(steps, lambda progress: seen.add(progress.extra["label"]))
     assert seen == {2, 5} and structures.labels == [2, 5]
     assert [row.label for row in structures.table()] == [2, 5]
     assert structures.members == 2
@@ -173,12 +170,12 @@ def test_result_layer_data_sits_on_the_input_in_world_mm():
     layer = napari_layers.Labels(observation, name="vertebra", scale=(1.0, 1.0, 4.0), translate=(-9.5, -17.5, 6.0))
     layer_data = reconstruction_to_layer_data(result, layer, member=1)
     roles = [kwargs["metadata"][TAG]["role"] for _data, kwargs, _kind in layer_data]
-    assert roles == ["mean", "thresholded", "variance", "mesh", "members"]
+    assert roles == ["mean", "variance", "thresholded", "mesh", "members"]  # the outline above the heatmap
     kinds = [kind for _data, _kwargs, kind in layer_data]
-    assert kinds == ["image", "labels", "image", "surface", "surface"]
-    mean, _thresholded, variance, mesh, _members = layer_data
+    assert kinds == ["image", "image", "labels", "surface", "surface"]
+    mean, variance, _thresholded, mesh, _members = layer_data
     assert mean[1]["name"] == "vertebra mean occupancy" and mean[1]["rendering"] == "iso"
-    assert variance[1]["colormap"] == "inferno" and variance[1]["blending"] == "additive"
+    assert variance[1]["colormap"].name.startswith("inferno") and variance[1]["blending"] == "translucent"
     assert mesh[1]["contrast_limits"] == variance[1]["contrast_limits"]
     # images carry their own grid in world mm; the mesh carries the input's own scale and translate
     assert np.allclose(mean[1]["scale"], result.maps.mean.spacing)
@@ -216,11 +213,7 @@ def test_guarded_steps_turn_every_ending_into_an_outcome():
         steps = guarded_steps(factory, cancel or CancelToken(), Task(factory, on_progress=print, on_finished=print),
                               throttle_s=10.0)
         sent = []
-        while True:
-            try:
-                sent.append(next(steps))
-            except StopIteration as done:
-                return done.value, sent
+        return drive(steps, sent.append), sent
 
     outcome, sent = outcome_of(_steps(500))
     assert outcome.state is RunState.DONE and outcome.value == "value"

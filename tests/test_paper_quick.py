@@ -19,6 +19,7 @@ def _numeric_cells(table: dict):
         yield from row[table["labels"] :]
 
 
+@pytest.mark.slow
 def test_paper_tiny_pipeline(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     from matplotlib import image

@@ -5,14 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_dropsembles.core.errors import Cancelled, InputError
+from napari_dropsembles.core.config import FinetuneConfig
+from napari_dropsembles.core.errors import Cancelled, ConfigError, InputError
 from napari_dropsembles.core.metrics import dice
 from napari_dropsembles.core.pipeline import ReconstructionConfig, reconstruct
 from napari_dropsembles.core.progress import CancelToken
 
 from .conftest import make_tiny_prior, sphere_volume
 
-FAST = dict(steps=40, lr=3e-3, points_per_step=1024, device="cpu", resolution_mm=1.5)
+FAST = dict(device="cpu", resolution_mm=1.5)
+FAST_TUNE = dict(steps=40, lr=3e-3, points_per_step=1024)
+
+
+def _quick(steps: int, **kwargs) -> ReconstructionConfig:
+    """A CPU config with ``steps`` fine-tuning steps on a 2 mm grid."""
+    options = {"finetune": FinetuneConfig(steps=steps), "device": "cpu", "resolution_mm": 2, **kwargs}
+    return ReconstructionConfig(**options)
 
 
 @pytest.mark.parametrize("method", ["dropsembles", "mc_dropout", "deep_ensemble", "single"])
@@ -20,7 +28,8 @@ FAST = dict(steps=40, lr=3e-3, points_per_step=1024, device="cpu", resolution_mm
 def test_every_method_gives_valid_maps_in_world_mm(method, ewc, ellipsoid_prior):
     sphere = sphere_volume(radius_mm=10, centre_mm=(5.0, -3.0, 20.0))
     prior = ellipsoid_prior
-    config = ReconstructionConfig(method=method, members=2, ewc=ewc, **FAST)
+    tune = FinetuneConfig(ewc_lambda=ewc, **FAST_TUNE)
+    config = ReconstructionConfig(method=method, members=2, finetune=tune, **FAST)
     result = reconstruct(sphere, prior, config)
     mean, var = result.maps.mean.data, result.maps.variance.data
     assert mean.min() >= 0 and mean.max() <= 1
@@ -46,9 +55,9 @@ def test_every_method_gives_valid_maps_in_world_mm(method, ewc, ellipsoid_prior)
 def test_same_seed_same_result_and_other_seed_differs():
     sphere = sphere_volume()
     prior = make_tiny_prior()
-    a = reconstruct(sphere, prior, ReconstructionConfig(steps=10, device="cpu", seed=3, resolution_mm=2))
-    b = reconstruct(sphere, prior, ReconstructionConfig(steps=10, device="cpu", seed=3, resolution_mm=2))
-    c = reconstruct(sphere, prior, ReconstructionConfig(steps=10, device="cpu", seed=4, resolution_mm=2))
+    a = reconstruct(sphere, prior, _quick(10, seed=3))
+    b = reconstruct(sphere, prior, _quick(10, seed=3))
+    c = reconstruct(sphere, prior, _quick(10, seed=4))
     assert np.array_equal(a.maps.mean.data, b.maps.mean.data)
     assert not np.array_equal(a.maps.variance.data, c.maps.variance.data)
 
@@ -58,7 +67,7 @@ def test_target_grid_is_used_as_given():
     prior = make_tiny_prior()
     target = sphere_volume(spacing_mm=(0.7, 0.7, 0.7))
     result = reconstruct(
-        sphere, prior, ReconstructionConfig(steps=2, device="cpu"), target=(target.affine, target.shape)
+        sphere, prior, _quick(2, resolution_mm=None), target=(target.affine, target.shape)
     )
     assert result.maps.mean.shape == target.shape
     np.testing.assert_allclose(result.maps.mean.affine, target.affine)
@@ -77,7 +86,7 @@ def test_cancel_raises_and_returns_nothing():
         reconstruct(
             sphere_volume(),
             make_tiny_prior(),
-            ReconstructionConfig(steps=50, device="cpu"),
+            ReconstructionConfig(finetune=FinetuneConfig(steps=50), device="cpu"),
             on_progress=on_progress,
             cancel=cancel,
         )
@@ -86,7 +95,7 @@ def test_cancel_raises_and_returns_nothing():
 
 def test_live_preview_is_a_coarse_mean_in_the_same_frame():
     previews = []
-    config = ReconstructionConfig(steps=4, device="cpu", preview_interval_s=1e-9, resolution_mm=2)
+    config = _quick(4, preview_interval_s=1e-9)
     result = reconstruct(sphere_volume(), make_tiny_prior(), config, on_progress=lambda p: previews.append(p.preview))
     coarse = [p for p in previews if p is not None]
     assert len(coarse) == 4
@@ -95,19 +104,29 @@ def test_live_preview_is_a_coarse_mean_in_the_same_frame():
 
 
 @pytest.mark.parametrize(
-    "kwargs, words",
+    "kwargs, field",
     [
         (dict(members=0), "members"),
-        (dict(steps=-1), "steps"),
         (dict(threshold=1.5), "threshold"),
-        (dict(method="bagging"), "unknown method"),
-        (dict(method="deep_ensemble", members=4), "independently pretrained"),
-        (dict(ewc=-1.0), "ewc"),
+        (dict(method="bagging"), "method"),
     ],
 )
-def test_bad_parameters_are_input_errors(kwargs, words):
-    with pytest.raises(InputError, match=words):
-        reconstruct(sphere_volume(), make_tiny_prior(), ReconstructionConfig(device="cpu", **kwargs))
+def test_bad_parameters_are_config_errors_naming_the_field(kwargs, field):
+    with pytest.raises(ConfigError, match=field) as info:
+        ReconstructionConfig(device="cpu", **kwargs)
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize("kwargs, field", [(dict(steps=-1), "steps"), (dict(ewc_lambda=-1.0), "ewc_lambda")])
+def test_bad_finetune_parameters_are_config_errors(kwargs, field):
+    with pytest.raises(ConfigError, match=field):
+        FinetuneConfig(**kwargs)
+
+
+def test_a_deep_ensemble_needs_as_many_pretrained_models_as_members():
+    config = ReconstructionConfig(method="deep_ensemble", members=4, device="cpu")
+    with pytest.raises(InputError, match="independently pretrained"):
+        reconstruct(sphere_volume(), make_tiny_prior(), config)
 
 
 def test_empty_observation_is_an_input_error():

@@ -19,15 +19,7 @@ import numpy as np  # noqa: E402
 from scipy import interpolate, ndimage  # noqa: E402
 
 from napari_dropsembles.core.config import ModelConfig  # noqa: E402
-from napari_dropsembles.core.data.toy import corrupt_digit, digits_shapes  # noqa: E402
 from napari_dropsembles.core.finetune import FinetuneConfig  # noqa: E402
-from napari_dropsembles.core.toy_models import (  # noqa: E402
-    Pretrain2DConfig,
-    describe,
-    fit_2d,
-    pixel_points,
-    pretrain_digits,
-)
 
 from .common import (  # noqa: E402
     LABELS,
@@ -38,6 +30,14 @@ from .common import (  # noqa: E402
     pretrained_count,
     score_probabilities,
     table,
+)
+from .toy_data import corrupt_digit, digits_shapes  # noqa: E402
+from .toy_models import (  # noqa: E402
+    Pretrain2DConfig,
+    describe,
+    fit_2d,
+    pixel_points,
+    pretrain_digits,
 )
 
 THRESHOLD = 0.5

@@ -14,9 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from napari_dropsembles.core.config import ModelConfig  # noqa: E402
-from napari_dropsembles.core.data.toy import sinusoid_dataset  # noqa: E402
 from napari_dropsembles.core.finetune import FinetuneConfig  # noqa: E402
-from napari_dropsembles.core.toy_models import Pretrain2DConfig, describe, fit_2d, pretrain_toy  # noqa: E402
 
 from .common import (  # noqa: E402
     LABELS,
@@ -28,6 +26,8 @@ from .common import (  # noqa: E402
     score_probabilities,
     table,
 )
+from .toy_data import sinusoid_dataset  # noqa: E402
+from .toy_models import Pretrain2DConfig, describe, fit_2d, pretrain_toy  # noqa: E402
 
 HALF = 3.0  # the data live in [-3, 3]^2; the network sees x / 6 in [-0.5, 0.5]^2
 METRICS = ("accuracy", "ece", "nll", "brier", "auroc")

@@ -20,15 +20,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection  # noqa: E402
 
-from napari_dropsembles.core.config import ModelConfig  # noqa: E402
+from napari_dropsembles.core.config import FinetuneConfig, ModelConfig, ReconstructionConfig  # noqa: E402
 from napari_dropsembles.core.evaluate import score_baselines, score_maps  # noqa: E402
 from napari_dropsembles.core.metrics import surface_band  # noqa: E402
 from napari_dropsembles.core.model import VoxelEncoder  # noqa: E402
-from napari_dropsembles.core.pipeline import ReconstructionConfig, reconstruct  # noqa: E402
+from napari_dropsembles.core.pipeline import reconstruct  # noqa: E402
 from napari_dropsembles.core.predict import run_to_end  # noqa: E402
 from napari_dropsembles.core.pretrain import PretrainConfig, pretrain_steps  # noqa: E402
 from napari_dropsembles.core.simulate import simulate_volumes  # noqa: E402
-from napari_dropsembles.core.toy_models import TRAIN_FACTOR, conv_macs, decoder_macs_per_point  # noqa: E402
 
 from .common import (  # noqa: E402
     LABELS,
@@ -40,6 +39,7 @@ from .common import (  # noqa: E402
     pretrained_count,
     table,
 )
+from .toy_models import TRAIN_FACTOR, conv_macs, decoder_macs_per_point  # noqa: E402
 
 METRICS = ("dice", "hd95_mm", "ece", "ece_band", "nll", "brier", "auroc", "auroc_band")
 CORRUPTION_TYPES = {
@@ -69,9 +69,10 @@ def finetune_flops(model: ModelConfig, recon, config: ReconstructionConfig, meth
     train_points, hold = int(history["train_points"]), int(history["holdout_points"])
     trained = 1 if method in ("single", "mc_dropout") else members
     sources = members if method == "deep_ensemble" else 1
-    batch = min(config.points_per_step, train_points)
-    evaluations = (config.steps // 10 + 2) if hold else 0
-    return 2.0 * (sources * enc + trained * dec * (TRAIN_FACTOR * config.steps * batch + evaluations * hold))
+    tune = config.finetune
+    batch = min(tune.points_per_step, train_points)
+    evaluations = (tune.steps // 10 + 2) if hold else 0
+    return 2.0 * (sources * enc + trained * dec * (TRAIN_FACTOR * tune.steps * batch + evaluations * hold))
 
 
 def run(settings: dict, figures: Path) -> dict:
@@ -97,8 +98,8 @@ def run(settings: dict, figures: Path) -> dict:
         return obs, gt, info["corruption"]
 
     def recon_config(method: str, members: int, lam: float) -> ReconstructionConfig:
-        return ReconstructionConfig(method=method, members=members, ewc=lam, steps=s["finetune_steps"],
-                                    points_per_step=s["points_per_step"], device="cpu", seed=0)
+        tune = FinetuneConfig(ewc_lambda=lam, steps=s["finetune_steps"], points_per_step=s["points_per_step"])
+        return ReconstructionConfig(method=method, members=members, finetune=tune, device="cpu", seed=0)
 
     def evaluate(obs, gt, method: str, members: int, lam: float):
         members = 1 if method == "single" else members

@@ -9,9 +9,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from psygnal import Signal
-from qtpy.QtCore import QPointF
+from qtpy.QtCore import QPointF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
 
 from .state import RunState, RunStatus
 
@@ -26,6 +36,39 @@ def is_deleted(widget: QWidget) -> bool:
     except RuntimeError:
         return True
     return False
+
+
+DOCK_WIDTH = 420  # what a dock asks for: room for the form and the table's columns
+
+
+def scroll_layout(owner: QWidget, width: int = DOCK_WIDTH) -> QVBoxLayout:
+    """A vertical layout inside a scroll area that fills ``owner``: a dock never asks for more height
+    than the screen has, and never scrolls sideways."""
+    area = QScrollArea(owner)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    inner = QWidget()
+    inner.setObjectName("dropsembles_scroll_content")
+    area.setWidget(inner)
+    outer = QVBoxLayout(owner)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(area)
+    owner.scroll_area = area
+    owner.setMinimumWidth(width)
+    owner.setMinimumHeight(120)
+    return QVBoxLayout(inner)
+
+
+def shrinkable_combos(*combos) -> None:
+    """Combo boxes that do not widen the dock to fit a long layer name (the name is elided instead)."""
+    from qtpy.QtWidgets import QComboBox
+
+    for combo in combos:
+        native = getattr(combo, "native", combo)
+        if isinstance(native, QComboBox):
+            native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            native.setMinimumContentsLength(12)
 
 
 # --------------------------------------------------------------------------- notifications
@@ -53,11 +96,12 @@ class ActivityProgress:
     """A bar in napari's activity dock (``napari.utils.progress``) driven by run fractions.
 
     napari's bar processes all pending events on every value or description change (a full
-    repaint): it is updated at most once a second, and its description only when it changes.
+    repaint): it is updated at most every 5 s (long jobs only: Train a prior), and its description
+    only when it changes.
     """
 
     STEPS = 1000
-    INTERVAL_S = 1.0
+    INTERVAL_S = 5.0
 
     def __init__(self, description: str) -> None:
         from napari.utils import progress
@@ -160,39 +204,56 @@ class LossCurve(QWidget):
 
 
 class RunPanel(QWidget):
-    """Run/Cancel button, progress bar and status line that follow one :class:`RunStatus`."""
+    """Run button; below it, the progress bar (percentage, time left) with its own Cancel button, the
+    status line and the loss curve, all following one :class:`~.run.RunController`.
+
+    Run and Cancel are two buttons in two places: a double-click on Run cannot cancel the run it started.
+    """
 
     def __init__(
-        self, status: RunStatus, on_run: Callable[[], None], *, run_text: str = "Run", loss_curve: bool = True
+        self, controller, on_run: Callable[[], None], *, run_text: str = "Run", loss_curve: bool = True
     ) -> None:
         super().__init__()
-        self.status = status
+        self.controller = controller
+        self.status: RunStatus = controller.status
         self.run_text = run_text
         self.button = QPushButton(run_text)
+        self.button.setToolTip("start (the fields above are read now)")
         self.button.clicked.connect(on_run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("stop at the next step; no layer is changed")
+        self.cancel_button.clicked.connect(controller.cancel)
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 1000)
-        self.progress_bar.setTextVisible(False)
+        self.progress_bar.setTextVisible(True)
+        self.progress_bar.setFormat("")
         self.message = QLabel("ready")
         self.message.setWordWrap(True)
         self.loss_curve = LossCurve() if loss_curve else None
         row = QHBoxLayout()
-        row.addWidget(self.button)
         row.addWidget(self.progress_bar, 1)
+        row.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.button)
         layout.addLayout(row)
         layout.addWidget(self.message)
         if self.loss_curve is not None:
             layout.addWidget(self.loss_curve)
-        status.changed.connect(self.render)
+        self.status.changed.connect(self.render)
         self.render()
 
     def render(self) -> None:
         status = self.status
-        self.button.setText("Cancel" if status.running else self.run_text)
+        self.button.setEnabled(not status.running and not status.blocked)
+        self.button.setToolTip(status.blocked or "start (the fields above are read now)")
+        self.cancel_button.setEnabled(status.running)
         self.progress_bar.setValue(int(status.fraction * 1000))
-        self.message.setText(status.message)
-        self.message.setStyleSheet(ERROR_STYLE if status.state is RunState.FAILED else "")
+        self.progress_bar.setFormat(status.progress_text())
+        blocked = status.blocked and not status.running and status.state is not RunState.FAILED
+        self.message.setText(f"Run is unavailable: {status.blocked}" if blocked else status.message)
+        self.message.setStyleSheet(
+            ERROR_STYLE if status.state is RunState.FAILED else WARN_STYLE if blocked else ""
+        )
         if self.loss_curve is not None:
             self.loss_curve.set_losses(status.losses)

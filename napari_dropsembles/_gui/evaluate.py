@@ -7,11 +7,20 @@ from functools import partial
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox
-from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QHeaderView,
+    QLabel,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..core.errors import DropsemblesError, InputError
-from .common import RunPanel, notify_error
+from .common import RunPanel, notify_error, scroll_layout, shrinkable_combos
 from .layers import TAG, layer_to_volume, role_of
+from .run import RunController, shutdown_on_destroy
 from .state import RunState, RunStatus
 from .tasks import EvaluateOutput, EvaluateRequest, evaluate_task
 from .workers import Outcome, Task
@@ -79,10 +88,8 @@ class EvaluateWidget(QWidget):
     def __init__(self, napari_viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self.status = RunStatus()
-        self.sync: bool | None = None
+        self.runner = RunController("Dropsembles: evaluate", activity=False)
         self.output: EvaluateOutput | None = None
-        self._task: Task | None = None
         self.prediction = ComboBox(label="Prediction", choices=self._image_choices, tooltip="probabilities in [0, 1]")
         self.uncertainty = ComboBox(
             label="Uncertainty", choices=self._uncertainty_choices,
@@ -91,7 +98,8 @@ class EvaluateWidget(QWidget):
         self.ground_truth = ComboBox(label="Ground truth", choices=self._truth_choices)
         self.threshold = FloatSpinBox(label="Threshold", value=0.5, min=0.01, max=0.99, step=0.05)
         self.form = Container(widgets=[self.prediction, self.uncertainty, self.ground_truth, self.threshold])
-        self.run_panel = RunPanel(self.status, self.run_or_cancel, run_text="Evaluate", loss_curve=False)
+        shrinkable_combos(self.prediction, self.uncertainty, self.ground_truth)
+        self.run_panel = RunPanel(self.runner, self.run, run_text="Evaluate", loss_curve=False)
         self.table = QTableWidget(len(METRIC_ROWS), 2)
         self.table.setHorizontalHeaderLabels(("metric", "value"))
         self.table.verticalHeader().setVisible(False)
@@ -104,7 +112,7 @@ class EvaluateWidget(QWidget):
         self.reliability = ReliabilityCanvas()
         self.note = QLabel("")
         self.note.setWordWrap(True)
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         layout.addWidget(self.form.native)
         layout.addWidget(self.run_panel)
         layout.addWidget(self.table)
@@ -114,7 +122,20 @@ class EvaluateWidget(QWidget):
         events = self.viewer.layers.events
         for event in (events.inserted, events.removed, events.reordered):
             event.connect(self.reset_choices)
+        shutdown_on_destroy(self, self.runner)
         self.reset_choices()
+
+    @property
+    def status(self) -> RunStatus:
+        return self.runner.status
+
+    @property
+    def sync(self) -> bool | None:
+        return self.runner.sync
+
+    @sync.setter
+    def sync(self, value: bool | None) -> None:
+        self.runner.sync = value
 
     # ------------------------------------------------------------------ choices
 
@@ -166,32 +187,19 @@ class EvaluateWidget(QWidget):
             threshold=float(self.threshold.value),
         )
 
-    def run_or_cancel(self) -> None:
-        if self.status.running:
-            self._task.cancel()
-        else:
-            self.run()
-
     def run(self) -> Task | None:
         if self.status.running:
-            return self._task
+            return self.runner.task
         try:
             request = self.request()
         except DropsemblesError as error:
             self._failed(Outcome(RunState.FAILED, error=error))
             return None
-        self.status.start("evaluating")
-        self._task = Task(
-            partial(evaluate_task, request), on_progress=self.status.report, on_finished=self._on_finished,
-            sync=self.sync,
-        )
-        self.destroyed.connect(self._task.detach)
-        self._task.start()
-        return self._task
+        return self.runner.start(partial(evaluate_task, request), message="evaluating", on_finished=self._on_finished)
 
     @property
     def task(self) -> Task | None:
-        return self._task
+        return self.runner.task
 
     def _on_finished(self, outcome: Outcome) -> None:
         if outcome.state is RunState.DONE:

@@ -24,13 +24,22 @@ RESULT_ROLES = ("mean", "thresholded", "variance", "mesh", "members")
 ROLE_NAMES = {
     "mean": "mean occupancy",
     "thresholded": "thresholded",
-    "variance": "variance",
+    "variance": "variance (p²)",
     "mesh": "mesh",
     "members": "member mesh",
     "preview": "preview",
+    "mask_preview": "threshold mask",
 }
 LayerDataTuple = tuple  # (data, kwargs, layer_type), napari's convention
-AFTER_CREATION = {"thresholded": {"contour": 1}}  # set on the layer (not constructor arguments in napari 0.9)
+AFTER_CREATION = {  # set on the layer (not constructor arguments in napari 0.9)
+    "thresholded": {"contour": 1},
+    "variance": {"colorbar.visible": True},
+    "mesh": {"colorbar.visible": True},
+}
+SHOWN_IN = {  # what a reader needs at once: in 2D the outline and the heatmap, in 3D the mesh alone
+    2: {"thresholded": True, "variance": True, "mesh": False, "members": False},
+    3: {"thresholded": False, "variance": False, "mesh": True, "members": True, "mean": False},
+}
 
 
 # --------------------------------------------------------------------------- frames
@@ -172,6 +181,15 @@ def mesh_colormap():
     return Colormap(ensure_colormap("inferno").map(np.linspace(0.25, 1.0, 64)), name="inferno (surface)")
 
 
+def heatmap_colormap():
+    """inferno that fades in: no variance is transparent (the image shows through), high variance is vivid."""
+    from napari.utils.colormaps import Colormap, ensure_colormap
+
+    colours = ensure_colormap("inferno").map(np.linspace(0.15, 1.0, 64)).copy()
+    colours[:, 3] = np.clip(np.linspace(0.0, 1.0, 64) / 0.35, 0.0, 0.85)
+    return Colormap(colours, name="inferno (fading in)")
+
+
 def surface_data(mesh: Mesh, frame: InputFrame) -> tuple:
     """(vertices in the input's data coordinates, faces, values); a degenerate triangle when empty."""
     if mesh.is_empty:
@@ -206,9 +224,10 @@ def reconstruction_to_layer_data(
 ) -> list[LayerDataTuple]:
     """Result layers of a Reconstruction or StructureSet, aligned with ``input_layer`` in world mm.
 
-    ``mean occupancy`` (Image, iso), ``thresholded`` (Labels), ``variance`` (Image, inferno,
-    additive), ``mesh`` (Surface, values = variance, same contrast limits as the heatmap) and,
-    when ``member`` is given, that member's mesh.
+    ``mean occupancy`` (Image, iso, hidden until asked for), ``variance`` (Image, inferno fading in
+    from transparent, colour bar), ``thresholded`` (Labels drawn as outlines), ``mesh`` (Surface,
+    values = variance, same contrast limits as the heatmap, colour bar) and, when ``member`` is
+    given, that member's mesh.
     """
     structures = as_structures(result)
     frame = input_layer if isinstance(input_layer, InputFrame) else InputFrame.from_layer(input_layer)
@@ -250,8 +269,21 @@ def maps_to_layer_data(
                 "iso_threshold": threshold,
                 "blending": "additive",
                 "opacity": 0.7,
+                "visible": False,  # the outline and the heatmap say it; shown when asked
                 "metadata": _metadata(frame, "mean", **extra),
                 **mean.napari_frame(),
+            },
+            "image",
+        ),
+        (
+            np.asarray(variance.data, np.float32),
+            {
+                "name": _name(frame, "variance"),
+                "colormap": heatmap_colormap(),
+                "blending": "translucent",
+                "contrast_limits": limits,
+                "metadata": _metadata(frame, "variance", **extra),
+                **variance.napari_frame(),
             },
             "image",
         ),
@@ -259,26 +291,26 @@ def maps_to_layer_data(
             np.asarray(thresholded.data),
             {
                 "name": _name(frame, "thresholded"),
-                "opacity": 0.7,
+                "opacity": 1.0,
                 "metadata": _metadata(frame, "thresholded", **extra),
                 **thresholded.napari_frame(),
             },
             "labels",
         ),
-        (
-            np.asarray(variance.data, np.float32),
-            {
-                "name": _name(frame, "variance"),
-                "colormap": "inferno",
-                "blending": "additive",
-                "contrast_limits": limits,
-                "metadata": _metadata(frame, "variance", **extra),
-                **variance.napari_frame(),
-            },
-            "image",
-        ),
         mesh_layer_data(mesh, frame, limits, **extra),
     ]
+
+
+def mask_preview_layer_data(layer, level: float) -> LayerDataTuple:
+    """The outline of an intensity image at ``level`` (what 'Threshold image' will reconstruct)."""
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    frame = InputFrame.from_layer(layer)
+    return (
+        (np.asarray(data) >= level).astype(np.uint8),
+        {"name": _name(frame, "mask_preview"), "opacity": 0.9, "metadata": _metadata(frame, "mask_preview"),
+         **frame.transform},
+        "labels",
+    )
 
 
 def preview_layer_data(preview: Volume, frame: InputFrame, threshold: float) -> LayerDataTuple:
@@ -303,6 +335,79 @@ def preview_layer_data(preview: Volume, frame: InputFrame, threshold: float) -> 
 # --------------------------------------------------------------------------- layers in a viewer
 
 
+def show_for_ndisplay(layers: Iterable, ndisplay: int) -> None:
+    """Result layers shown the readable way for 2D or 3D display (:data:`SHOWN_IN`)."""
+    shown = SHOWN_IN.get(int(ndisplay), {})
+    for layer in layers:
+        role = role_of(layer)
+        if role in shown:
+            layer.visible = shown[role]
+
+
+def label_names(layer) -> dict[int, str]:
+    """label -> name, from the layer's features (a 'name' column; labels in 'index'/'label' or the row
+    number) or its metadata (``label_names``: {label: name}); {} when it has none."""
+    names: dict[int, str] = {}
+    metadata = getattr(layer, "metadata", None) or {}
+    for key, value in dict(metadata.get("label_names", {}) or {}).items():
+        names[int(key)] = str(value)
+    features = getattr(layer, "features", None)
+    if features is not None and len(features):
+        column = next((c for c in ("name", "label_name", "names") if c in features.columns), None)
+        if column is not None:
+            ids = features["index"] if "index" in features.columns else (
+                features["label"] if "label" in features.columns else features.index)
+            for label, name in zip(ids, features[column], strict=False):
+                if isinstance(name, str) and name:
+                    names[int(label)] = name
+    return names
+
+
+def label_colours(layer, labels: Iterable[int]) -> dict[int, tuple]:
+    """label -> RGBA of a Labels layer's colormap ({} for other layers)."""
+    if layer is None or not hasattr(layer, "get_color"):
+        return {}
+    colours = {}
+    for label in labels:
+        colour = layer.get_color(int(label))
+        if colour is not None:
+            colours[int(label)] = tuple(float(c) for c in colour)
+    return colours
+
+
+RADIOLOGICAL = ("towards", "up", "left")  # camera: superior (or anterior) up, the patient's right on the left
+
+
+def viewing_order(world_affine: np.ndarray) -> tuple[int, int, int]:
+    """World axes as (slider, vertical, horizontal): the thick-slice axis on the slider (the axial one
+    when spacing is isotropic); superior up, else anterior up (RAS world axes)."""
+    matrix = np.asarray(world_affine, float)[:3, :3]
+    spacing = np.linalg.norm(matrix, axis=0)
+    world_of = [int(np.argmax(np.abs(matrix[:, j]))) for j in range(3)]  # data axis -> nearest world axis
+    if len(set(world_of)) < 3:
+        world_of = [0, 1, 2]
+    anisotropic = spacing.max() > 1.2 * spacing.min()
+    thick = world_of[int(np.argmax(spacing))] if anisotropic else 2  # isotropic: axial (the S axis of RAS)
+    vertical = 2 if thick != 2 else 1
+    horizontal = ({0, 1, 2} - {thick, vertical}).pop()
+    return thick, vertical, horizontal
+
+
+def orient_like_a_radiologist(viewer, layer) -> bool:
+    """Put ``layer``'s thick-slice axis on the slider, superior up and the patient's right on the left
+    (NIfTI files, whose world is RAS mm); world coordinates stay as they are. False when not applied."""
+    if viewer.dims.ndim != 3 or layer.ndim != 3:
+        return False
+    order = viewing_order(InputFrame.from_layer(layer).world_affine)
+    viewer.dims.order = order
+    source = str((getattr(layer, "metadata", None) or {}).get("source_path", "")).lower()
+    if source.endswith((".nii", ".nii.gz")):
+        viewer.camera.orientation = RADIOLOGICAL
+    viewer.reset_view()
+    return True
+
+
+
 def role_of(layer) -> str | None:
     tag = (getattr(layer, "metadata", None) or {}).get(TAG)
     return tag.get("role") if isinstance(tag, dict) else None
@@ -319,7 +424,7 @@ def result_layers(layers: Iterable, source_id: str) -> dict[str, object]:
 
 
 IN_PLACE = ("scale", "translate", "contrast_limits", "iso_threshold", "name")  # refreshed on a re-run
-PREVIEW_TO_MEAN = ("colormap", "opacity", "blending", "rendering")
+PREVIEW_TO_MEAN = ("colormap", "opacity", "blending", "rendering", "visible")
 
 
 def update_in_place(layer, data, kwargs: dict, layer_type: str, keys: tuple[str, ...] = IN_PLACE) -> bool:
@@ -366,7 +471,11 @@ def place_result_layers(viewer, source_id: str, layer_data: list[LayerDataTuple]
             continue
         layer = Layer.create(data, dict(kwargs), layer_type)
         for name, value in AFTER_CREATION.get(role, {}).items():
-            setattr(layer, name, value)
+            *path, attribute = name.split(".")
+            target = layer
+            for part in path:
+                target = getattr(target, part)
+            setattr(target, attribute, value)
         if old is not None and old in viewer.layers:
             index = viewer.layers.index(old)
             viewer.layers.remove(old)

@@ -7,13 +7,14 @@ from functools import partial
 from pathlib import Path
 
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, SpinBox
-from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QLabel, QWidget
 
 from ..core.config import ModelConfig
 from ..core.device import DEVICE_CHOICES
 from ..core.errors import DropsemblesError, InputError
 from ..core.pretrain import PretrainConfig
-from .common import ActivityProgress, RunPanel, known_priors, notify_error, notify_info
+from .common import RunPanel, known_priors, notify_error, notify_info, scroll_layout
+from .run import RunController, shutdown_on_destroy
 from .state import RunState, RunStatus
 from .tasks import PretrainOutput, PretrainRequest, pretrain_task
 from .workers import Outcome, Task
@@ -28,11 +29,8 @@ class TrainPriorWidget(QWidget):
     def __init__(self, napari_viewer=None) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self.status = RunStatus()
-        self.sync: bool | None = None
+        self.runner = RunController("Dropsembles: train a prior")
         self.last_output: PretrainOutput | None = None
-        self._task: Task | None = None
-        self._holder = _Holder()
         self.base_model = ModelConfig()
         defaults, model = PretrainConfig(), ModelConfig()
         self.source = ComboBox(
@@ -69,15 +67,27 @@ class TrainPriorWidget(QWidget):
         )
         self.data_folder.visible = False
         self.source.changed.connect(lambda *_: setattr(self.data_folder, "visible", self.source.value == FOLDER))
-        self.run_panel = RunPanel(self.status, self.run_or_cancel, run_text="Train")
+        self.run_panel = RunPanel(self.runner, self.run, run_text="Train")
         self.info = QLabel("")
         self.info.setWordWrap(True)
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         layout.addWidget(self.form.native)
         layout.addWidget(self.run_panel)
         layout.addWidget(self.info)
         layout.addStretch(1)
-        self.destroyed.connect(partial(_shutdown, self._holder))
+        shutdown_on_destroy(self, self.runner)
+
+    @property
+    def status(self) -> RunStatus:
+        return self.runner.status
+
+    @property
+    def sync(self) -> bool | None:
+        return self.runner.sync
+
+    @sync.setter
+    def sync(self, value: bool | None) -> None:
+        self.runner.sync = value
 
     def model_config(self) -> ModelConfig:
         """The architecture: ``base_model`` (encoder widths etc.) with the form's grid, width, blocks, dropout."""
@@ -101,46 +111,27 @@ class TrainPriorWidget(QWidget):
             models=int(self.models.value), data_folder=folder, device=self.device.value,
         )
 
-    def run_or_cancel(self) -> None:
-        if self.status.running:
-            self.cancel()
-        else:
-            self.run()
-
     def run(self) -> Task | None:
         if self.status.running:
-            return self._task
+            return self.runner.task
         try:
             request = self.request()
         except (DropsemblesError, TypeError, ValueError) as error:
             self._failed(Outcome(RunState.FAILED, error=error))
             return None
-        self.status.start("pretraining")
-        self._holder.activity = ActivityProgress("Dropsembles: train a prior")
-        self._task = self._holder.task = Task(
-            partial(pretrain_task, request), on_progress=self._on_progress, on_finished=self._on_finished,
-            sync=self.sync,
+        return self.runner.start(
+            partial(pretrain_task, request), message="pretraining", activity_name="train a prior",
+            on_finished=self._on_finished,
         )
-        self._task.start()
-        return self._task
 
     def cancel(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self.status.message = "cancelling…"
-            self.status.changed.emit()
+        self.runner.cancel()
 
     @property
     def task(self) -> Task | None:
-        return self._task
-
-    def _on_progress(self, progress) -> None:
-        self.status.report(progress)
-        if self._holder.activity is not None:
-            self._holder.activity.update(self.status.fraction, progress.phase)
+        return self.runner.task
 
     def _on_finished(self, outcome: Outcome) -> None:
-        self._holder.close_activity()
         if outcome.state is RunState.DONE:
             output: PretrainOutput = outcome.value
             self.last_output = output
@@ -157,20 +148,3 @@ class TrainPriorWidget(QWidget):
     def _failed(self, outcome: Outcome) -> None:
         self.status.finish(RunState.FAILED, outcome.message, outcome.error)
         notify_error(f"Dropsembles: {outcome.message}")
-
-
-class _Holder:
-    def __init__(self) -> None:
-        self.task: Task | None = None
-        self.activity: ActivityProgress | None = None
-
-    def close_activity(self) -> None:
-        if self.activity is not None:
-            self.activity.close()
-            self.activity = None
-
-
-def _shutdown(holder: _Holder, *_args) -> None:
-    if holder.task is not None:
-        holder.task.detach()
-    holder.close_activity()

@@ -6,13 +6,15 @@ update (from the main thread: workers report through Qt signals, never touch thi
 
 from __future__ import annotations
 
+import time
 from enum import Enum
 
 from psygnal import Signal
 
 from ..core.progress import Progress
 
-PHASE_WEIGHTS = {"finetune": 0.75, "predict": 0.2, "mesh": 0.05}  # share of one structure's run
+# share of one structure's run (in order)
+PHASE_WEIGHTS = {"finetune": 0.55, "check": 0.2, "predict": 0.2, "mesh": 0.05}
 
 
 class RunState(str, Enum):
@@ -37,6 +39,17 @@ def overall_fraction(progress: Progress) -> float:
     return min(1.0, (index + min(within, 1.0)) / max(count, 1))
 
 
+def format_duration(seconds: float) -> str:
+    """'about 40 s', 'about 3 min', 'about 1 h 20 min'."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"about {max(5, 5 * round(seconds / 5)):.0f} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"about {minutes} min"
+    return f"about {minutes // 60} h {minutes % 60:02d} min"
+
+
 class RunStatus:
     """State, progress and the loss history of the current (or last) run."""
 
@@ -49,6 +62,8 @@ class RunStatus:
         self.losses: list[float] = []
         self.error: BaseException | None = None
         self.steps_seen = 0
+        self.started_s = 0.0  # perf_counter() at start
+        self.blocked = ""  # why a run cannot start now ('' when it can)
 
     @property
     def running(self) -> bool:
@@ -58,7 +73,31 @@ class RunStatus:
         self.state, self.fraction, self.message, self.error = RunState.RUNNING, 0.0, message, None
         self.losses = []
         self.steps_seen = 0
+        self.started_s = time.perf_counter()
         self.changed.emit()
+
+    def block(self, reason: str) -> None:
+        """Say why Run is unavailable ('' makes it available again)."""
+        if reason != self.blocked:
+            self.blocked = reason
+            self.changed.emit()
+
+    def eta_s(self, now: float | None = None) -> float | None:
+        """Seconds left, extrapolated from the time so far (None until there is enough to go on)."""
+        if not self.running or self.fraction < 0.01:
+            return None
+        elapsed = (time.perf_counter() if now is None else now) - self.started_s
+        if elapsed < 2.0:
+            return None
+        return elapsed * (1.0 - self.fraction) / self.fraction
+
+    def progress_text(self, now: float | None = None) -> str:
+        """What the progress bar says: the percentage, and the time left on long runs."""
+        if self.state is RunState.IDLE:
+            return ""
+        percent = f"{100 * self.fraction:.0f}%" if self.fraction < 0.995 or not self.running else "99%"
+        eta = self.eta_s(now)
+        return percent if eta is None else f"{percent} · {format_duration(eta)} left"
 
     def report(self, progress: Progress, fraction: float | None = None) -> None:
         self.steps_seen += 1

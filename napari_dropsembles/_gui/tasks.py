@@ -21,6 +21,7 @@ from ..core.checkpoint import Prior, load_prior, save_prior
 from ..core.config import ModelConfig
 from ..core.device import resolve_device
 from ..core.errors import CheckpointError, InputError
+from ..core.input_kind import MAX_LABELS
 from ..core.io import binary_mask_from_volume, ensure_writable_dir, list_labels
 from ..core.mesh import sample_volume
 from ..core.metrics import evaluate_probabilities, reliability_curve, surface_band
@@ -159,7 +160,13 @@ def observation_masks(
     if selection == EACH_LABEL:
         if not finite:
             binary_mask_from_volume(volume, label="all")  # raises the NaN message
-        return structure_masks(volume)
+        labels = list_labels(volume)
+        if len(labels) > MAX_LABELS:
+            raise InputError(
+                f"'{name}' has {len(labels)} distinct values, too many to reconstruct one by one: if it is an "
+                "intensity image, tick 'Threshold image'; else choose one label in 'Label'"
+            )
+        return structure_masks(volume, labels)
     if selection == ALL_LABELS:
         return {1: binary_mask_from_volume(volume, label="all")}
     if selection is None:

@@ -18,7 +18,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.errors import Cancelled, DropsemblesError
+from ..core.errors import Cancelled, ConfigError, DropsemblesError
+from ..core.faults import describe_fault
 from ..core.progress import CancelToken, Progress
 from .state import RunState
 
@@ -40,11 +41,29 @@ class Outcome:
     @property
     def message(self) -> str:
         if self.state is RunState.FAILED and self.error is not None:
+            if isinstance(self.error, ConfigError):
+                return self.error.worded(GUI_FIELDS.get(self.error.field, f"'{self.error.field}'"))
             if isinstance(self.error, DropsemblesError):
                 return gui_wording(str(self.error))
-            return f"{type(self.error).__name__}: {self.error}"
+            return describe_fault(self.error).replace(" (--resolution)", "").replace(" (--memory-limit GB)", "")
         return self.state.value
 
+
+GUI_FIELDS = {  # config field -> the widget field that sets it
+    "members": "'Members'",
+    "finetune.steps": "'Fine-tuning steps'",
+    "finetune.ewc_lambda": "'EWC strength'",
+    "resolution_mm": "'Output spacing'",
+    "threshold": "the threshold",
+    "seed": "'Seed'",
+    "device": "'Device'",
+    "method": "'Method'",
+    "empty_slices": "'Empty slices' (Advanced options)",
+    "steps": "'Steps'",
+    "samples": "'Training samples'",
+    "batch_size": "'Batch size'",
+    "dropout": "'Dropout'",
+}
 
 _CLI_WORDS = (
     ("--label N", "a single label in 'Label'"),

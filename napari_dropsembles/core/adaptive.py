@@ -25,12 +25,13 @@ from collections.abc import Generator
 import numpy as np
 from scipy import ndimage
 
-from .methods import Fitted
-from .predict import MAP_NAMES, EnsembleMaps, dense_chunk_default, query_voxels
+from .fitted import Fitted
+from .predict import MAP_NAMES, EnsembleMaps, query_voxels
 from .progress import CancelFlag, Progress, check_cancel
 from .volume import Volume
 
 DEFAULT_BAND = 0.45  # refine where corner means reach [threshold - band, threshold + band]
+DEFAULT_VARIANCE_TOL = 1e-3  # refine where a corner's member variance exceeds this
 
 
 def lattice(n: int, step: int) -> np.ndarray:
@@ -90,6 +91,11 @@ def coarse_step_for(fitted: Fitted, affine: np.ndarray, largest: int = 4) -> int
     return int(np.clip(np.floor(cell_mm / voxel_mm + 1e-6), 1, largest))
 
 
+def gains(coarse_step: int, shape: tuple[int, ...]) -> bool:
+    """Whether a coarse lattice of ``coarse_step`` saves queries on ``shape`` (else query densely)."""
+    return coarse_step >= 2 and min(int(n) for n in shape) >= 2 * coarse_step + 1
+
+
 def _cells(axis: _Axis, select: slice = slice(None)) -> list[np.ndarray]:
     """Cell indices of the voxels ``select``: the cell holding each, and (if different) the one
     sharing its face, so a voxel on a face between a marked and an unmarked cell is refined."""
@@ -107,36 +113,28 @@ def mark_cells(
     return ndimage.binary_dilation(marked, structure=np.ones((3, 3, 3), dtype=bool))
 
 
-def predict_grid_adaptive_steps(
+def adaptive_grid_steps(
     fitted: Fitted,
     affine: np.ndarray,
     shape: tuple[int, int, int],
     *,
-    threshold: float = 0.5,
-    coarse_step: int = 4,
-    variance_tol: float = 1e-3,
+    threshold: float,
+    coarse_step: int,
+    chunk: int,
+    variance_tol: float = DEFAULT_VARIANCE_TOL,
     band: float = DEFAULT_BAND,
-    chunk: int | None = None,
     keep_members: bool = False,
     precision: str = "fp32",
     cancel: CancelFlag | None = None,
 ) -> Generator[Progress, None, EnsembleMaps]:
-    """Adaptive version of :func:`predict.predict_grid_steps` (same result type and frame).
+    """The coarse-to-fine query (called by :func:`predict.predict_grid_steps` with ``adaptive=True``,
+    when :func:`gains` says the grid is large enough); same result type and frame as the dense one.
 
     ``queries`` of the result counts the point x member evaluations actually made (points outside
-    the unit cube are not queried). Grids too small to gain fall back to the dense path.
+    the unit cube are not queried).
     """
-    from .predict import predict_grid_steps
-
     shape = tuple(int(s) for s in shape)
     step = int(coarse_step)
-    if step < 2 or min(shape) < 2 * step + 1:
-        return (
-            yield from predict_grid_steps(
-                fitted, affine, shape, chunk=chunk, keep_members=keep_members, precision=precision, cancel=cancel
-            )
-        )
-    chunk = int(chunk) if chunk else dense_chunk_default(fitted)
     axes = [_Axis(n, step) for n in shape]
     nx, ny, nz = shape
     members = fitted.members

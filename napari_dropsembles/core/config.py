@@ -1,9 +1,28 @@
-"""Frozen configs of the model parts; saved with the weights in every checkpoint."""
+"""Every config of the package, with its defaults and its checks (one place for both).
+
+- :class:`ModelConfig`: the architecture, saved with the weights in every checkpoint.
+- :class:`FinetuneConfig`: fine-tuning the members on one case.
+- :class:`ReconstructionConfig`: one reconstruction (method, members, fine-tuning, output grid).
+- :class:`PretrainConfig`: pretraining a prior.
+
+Configs are frozen dataclasses that check themselves when built (``__post_init__``): a wrong type
+or range raises :class:`~.errors.ConfigError` naming the field (``"finetune.steps"``). The CLI's
+``default=`` and the widgets' ``value=`` read the defaults from here.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .chunking import PRECISIONS
+from .device import DEVICE_CHOICES
+from .errors import ConfigError
+from .slice_field import EMPTY_SLICES
+from .validation import flag, integer, number, one_of, seed, set_fields
+
+MAX_MEMBERS = 64
+MAX_CHUNK = 1 << 24  # points per network call
 
 
 @dataclass(frozen=True)
@@ -20,16 +39,167 @@ class ModelConfig:
     point_features: int = 1  # 1: the decoder also reads the shape-based interpolation at each point
     sdf_scale: float = 0.04  # that input is tanh(signed distance / (sdf_scale * cube size))
 
+    def __post_init__(self) -> None:
+        channels = self.encoder_channels
+        if not isinstance(channels, (tuple, list)) or len(channels) != 3:
+            raise ConfigError("encoder_channels", "must be three channel counts", channels)
+        channels = tuple(integer("encoder_channels", c, 1, 1024) for c in channels)
+        for c in channels:  # GroupNorm splits each level into max(1, c // 8) groups
+            if c % max(1, c // 8):
+                raise ConfigError("encoder_channels", "must each be divisible by max(1, channels // 8)", channels)
+        set_fields(
+            self,
+            grid_size=integer("grid_size", self.grid_size, 4, 256),  # two 2x poolings need at least 4 cells
+            encoder_channels=channels,
+            feature_channels=integer("feature_channels", self.feature_channels, 1, 1024),
+            hidden=integer("hidden", self.hidden, 1, 4096),
+            blocks=integer("blocks", self.blocks, 1, 64),
+            dropout=number("dropout", self.dropout, 0.0, 1.0, hi_open=True),
+            box_padding=number("box_padding", self.box_padding, 0.0, 1.0, hi_open=True),
+            point_features=integer("point_features", self.point_features, 0, 1),
+            sdf_scale=number("sdf_scale", self.sdf_scale, 0.0, 10.0, lo_open=True),
+        )
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> ModelConfig:
+    def from_dict(cls, data: object) -> ModelConfig:
+        """The config saved by :meth:`to_dict`; unknown or wrong fields raise ConfigError."""
+        if not isinstance(data, dict):
+            raise ConfigError("model config", "must be a JSON object of fields", data)
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
+        unknown = sorted(str(k) for k in set(data) - names)
         if unknown:
-            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
-        values = dict(data)
-        if "encoder_channels" in values:
-            values["encoder_channels"] = tuple(values["encoder_channels"])
-        return cls(**values)
+            raise ConfigError("model config", f"has unknown fields {unknown}", sorted(map(str, data)))
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning the members on one case (Adam on BCE + EWC, early stopping on a held-out share)."""
+
+    steps: int = 60
+    lr: float = 1e-3
+    points_per_step: int = 4096
+    ewc_lambda: float = 0.1  # chosen by bench/defaults_sweep.py (docs/defaults_sweep.md)
+    holdout: float = 0.1  # share of observed voxels kept out for early stopping (0 = off)
+    eval_every: int = 10
+    random_dropout: float = 0.0  # > 0: fresh dropout masks per step (MC-dropout fine-tuning)
+    balance: float = 0.0  # share of each batch drawn from foreground voxels (0 = uniform, keeps calibration)
+
+    def __post_init__(self) -> None:
+        set_fields(
+            self,
+            steps=integer("steps", self.steps, 0, 1_000_000),
+            lr=number("lr", self.lr, 0.0, 10.0, lo_open=True),
+            points_per_step=integer("points_per_step", self.points_per_step, 1, 1 << 22),
+            ewc_lambda=number("ewc_lambda", self.ewc_lambda, 0.0, 1e12),
+            holdout=number("holdout", self.holdout, 0.0, 0.9, hi_open=True),
+            eval_every=integer("eval_every", self.eval_every, 1),
+            random_dropout=number("random_dropout", self.random_dropout, 0.0, 1.0, hi_open=True),
+            balance=number("balance", self.balance, 0.0, 1.0),
+        )
+
+
+
+def _range_pair(field: str, value: object, lo: float, hi: float) -> tuple[float, float]:
+    """Two numbers ``(low, high)`` in ``[lo, hi]`` with ``low <= high``."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ConfigError(field, "must be two numbers (low, high)", value)
+    low, high = (number(field, v, lo, hi) for v in value)
+    if low > high:
+        raise ConfigError(field, "must be (low, high) with low <= high", value)
+    return low, high
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Pretraining a prior on procedural vertebrae or dense masks (core/pretrain)."""
+
+    steps: int = 2000
+    batch_size: int = 8
+    points_per_sample: int = 4096  # queries stored per sample; each step uses half of them
+    lr: float = 1e-3
+    shapes: int = 0  # size of the shape pool (0 = a new random vertebra for every sample)
+    samples: int = 1024  # training samples made up front (shape + random slicing/corruption + queries)
+    slice_factors: tuple[float, float] = (1.0, 5.0)
+    in_plane_mm: tuple[float, float] = (0.7, 1.5)
+    surface_sigma: float = 0.015  # near-surface query noise, share of the cube size
+    fisher_samples: int = 16
+    seed: int = 0
+    procedural_share: float = 0.0  # with dense masks given: share of samples drawn from procedural vertebrae
+
+    def __post_init__(self) -> None:
+        set_fields(
+            self,
+            procedural_share=number("procedural_share", self.procedural_share, 0.0, 1.0),
+            steps=integer("steps", self.steps, 1, 10_000_000),
+            batch_size=integer("batch_size", self.batch_size, 1, 4096),
+            points_per_sample=integer("points_per_sample", self.points_per_sample, 2, 1 << 20),
+            lr=number("lr", self.lr, 0.0, 10.0, lo_open=True),
+            shapes=integer("shapes", self.shapes, 0, 1_000_000),
+            samples=integer("samples", self.samples, 1, 1_000_000),
+            slice_factors=_range_pair("slice_factors", self.slice_factors, 1.0, 100.0),
+            in_plane_mm=_range_pair("in_plane_mm", self.in_plane_mm, 0.01, 100.0),
+            surface_sigma=number("surface_sigma", self.surface_sigma, 0.0, 1.0, lo_open=True),
+            fisher_samples=integer("fisher_samples", self.fisher_samples, 1, 1_000_000),
+            seed=seed("seed", self.seed),
+        )
+
+MEMBER_DIVERSITY = ("slices", "none")
+
+
+@dataclass(frozen=True)
+class ReconstructionConfig:
+    """Everything a reconstruction depends on (saved in report.json)."""
+
+    method: str = "dropsembles"
+    members: int = 4
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    resolution_mm: float | None = None  # output spacing; None = the observation's finest spacing
+    threshold: float = 0.5  # surface level on the mean occupancy
+    device: str = "auto"
+    seed: int = 0
+    chunk: int | None = None  # points per network call; None = chosen for the device (core/chunking)
+    keep_members: bool = False
+    preview_interval_s: float = 0.0  # > 0: attach a coarse mean to progress this often
+    adaptive: bool = True  # coarse-to-fine grid evaluation (core/adaptive); False = query every voxel
+    precision: str = "fp32"  # "fp32", "tf32" or "bf16": CUDA only (other devices run float32)
+    empty_slices: str = "unobserved"  # empty slices between labelled ones: "unobserved" or "background"
+    # "slices": members read the interpolated distance shifted by the between-slice uncertainty learned
+    # from held-out observed slices (core/slice_uncertainty); "none": all members read the same input
+    member_diversity: str = "slices"
+    slice_check: bool = True  # hold out observed slices and report whether the prior beat interpolation there
+
+    def __post_init__(self) -> None:
+        from .methods import METHODS  # the method table imports this module
+
+        if not isinstance(self.finetune, FinetuneConfig):
+            raise ConfigError("finetune", "must be a FinetuneConfig", self.finetune)
+        resolution = self.resolution_mm
+        chunk = self.chunk
+        set_fields(
+            self,
+            method=one_of("method", self.method, METHODS),
+            members=integer("members", self.members, 1, MAX_MEMBERS),
+            resolution_mm=None if resolution is None else number("resolution_mm", resolution, 0.0, lo_open=True),
+            threshold=number("threshold", self.threshold, 0.0, 1.0, lo_open=True, hi_open=True),
+            device=one_of("device", self.device, DEVICE_CHOICES),
+            seed=seed("seed", self.seed),
+            chunk=None if chunk is None else integer("chunk", chunk, 1, MAX_CHUNK),
+            keep_members=flag("keep_members", self.keep_members),
+            preview_interval_s=number("preview_interval_s", self.preview_interval_s, 0.0),
+            adaptive=flag("adaptive", self.adaptive),
+            precision=one_of("precision", self.precision, PRECISIONS),
+            empty_slices=one_of("empty_slices", self.empty_slices, EMPTY_SLICES),
+            member_diversity=one_of("member_diversity", self.member_diversity, MEMBER_DIVERSITY),
+            slice_check=flag("slice_check", self.slice_check),
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def with_finetune(self, **changes: object) -> ReconstructionConfig:
+        """This config with fine-tuning fields changed (``steps``, ``lr``, ``ewc_lambda``, ...)."""
+        return dataclasses.replace(self, finetune=dataclasses.replace(self.finetune, **changes))

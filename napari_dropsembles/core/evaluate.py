@@ -3,9 +3,8 @@
 Everything is computed on the ground truth's own grid: the fitted ensemble is queried at the
 ground truth's voxel centres (no resampling of the output maps). By default the query is the
 adaptive coarse-to-fine one, refined wherever the member variance exceeds ``SCORING_VARIANCE_TOL``
-(stricter than for display, because AUROC ranks even tiny variances): on the bundled case it makes
-2.7x fewer network queries (3.6 s -> 1.2 s) and every metric agrees with the dense query to 1e-7;
-on a barely trained test prior, to 1e-4. ``adaptive=False`` queries every voxel.
+(stricter than for display, because AUROC ranks even tiny variances); its cost and its agreement
+with the dense query are measured in docs/PERFORMANCE.md. ``adaptive=False`` queries every voxel.
 """
 
 from __future__ import annotations
@@ -14,15 +13,15 @@ from collections.abc import Generator
 
 import numpy as np
 
-from .adaptive import predict_grid_adaptive_steps
 from .baselines import BASELINES, interpolate_observation
-from .methods import Fitted
+from .fitted import Fitted
 from .metrics import auroc, evaluate_probabilities, surface_band
 from .predict import EnsembleMaps, predict_grid_steps
 from .progress import CancelFlag, Progress
 from .volume import Volume
 
 SCORING_VARIANCE_TOL = 1e-5
+SCORING_COARSE_STEP = 4  # coarse lattice step (voxels) of the adaptive query on the ground truth's grid
 
 
 def score_maps(maps: EnsembleMaps, ground_truth: Volume, members: int, threshold: float = 0.5) -> dict[str, float]:
@@ -70,19 +69,17 @@ def compare_steps(
 
     ``empty_slices`` is how the shape-based baseline reads gaps (as the reconstruction did).
     """
-    if adaptive:
-        maps = yield from predict_grid_adaptive_steps(
-            fitted,
-            ground_truth.affine,
-            ground_truth.shape,
-            threshold=threshold,
-            variance_tol=SCORING_VARIANCE_TOL,
-            chunk=chunk,
-            cancel=cancel,
-        )
-    else:
-        grid = (ground_truth.affine, ground_truth.shape)
-        maps = yield from predict_grid_steps(fitted, *grid, chunk=chunk, cancel=cancel)
+    maps = yield from predict_grid_steps(
+        fitted,
+        ground_truth.affine,
+        ground_truth.shape,
+        adaptive=adaptive,
+        threshold=threshold,
+        coarse_step=SCORING_COARSE_STEP,
+        variance_tol=SCORING_VARIANCE_TOL,
+        chunk=chunk,
+        cancel=cancel,
+    )
     result = {fitted.method: score_maps(maps, ground_truth, fitted.members, threshold)}
     result.update(score_baselines(observation, ground_truth, threshold, empty_slices=empty_slices))
     return result

@@ -8,26 +8,15 @@ A held-out share of the observed voxels selects each member's best step (early s
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
+from .chunking import choose_chunk
+from .config import FinetuneConfig
 from .ensemble import DECODER_PARAMS, EnsembleDecoder
 from .ewc import ewc_penalty
 from .progress import CancelFlag, Progress, check_cancel
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    steps: int = 60
-    lr: float = 1e-3
-    points_per_step: int = 4096
-    ewc_lambda: float = 0.1
-    holdout: float = 0.1  # share of observed voxels kept out for early stopping (0 = off)
-    eval_every: int = 10
-    random_dropout: float = 0.0  # > 0: fresh dropout masks per step (MC-dropout fine-tuning)
-    balance: float = 0.0  # share of each batch drawn from foreground voxels (0 = uniform, keeps calibration)
 
 
 def _features(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -75,13 +64,15 @@ def finetune_steps(
     best = torch.full((decoder.members,), float("inf"))
     best_state = {name: p.detach().clone() for name, p in decoder.parameter_dict().items()}
 
+    chunk = choose_chunk(points.device, decoder.members, decoder.config.hidden)  # held-out points per call
+
     def evaluate(step: int) -> None:
         if n_hold == 0:
             return
         with torch.no_grad():
             losses = []
-            for start in range(0, n_hold, 65536):
-                idx = hold[start : start + 65536]
+            for start in range(0, n_hold, chunk):
+                idx = hold[start : start + chunk]
                 losses.append(
                     _member_bce(decoder, points[idx], _features(features, idx), _labels(labels, idx)) * idx.numel()
                 )

@@ -8,6 +8,7 @@ axes (so thick slices map to grid planes). Pretraining and reconstruction both g
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,6 +16,9 @@ from .config import ModelConfig
 from .errors import InputError
 from .slice_field import THICK_AXIS_RATIO, SliceDistanceField, check_empty_slices, gap_slices, thick_axis
 from .volume import Volume
+
+if TYPE_CHECKING:
+    from .slice_uncertainty import MemberPerturbation
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,6 +43,24 @@ class Frame:
         first = np.full(3, -(size - 1) / 2 * spacing_mm)
         affine[:3, 3] = self.rotation @ first + self.centre_mm
         return affine, (size, size, size)
+
+    def aligned_grid(self, observation: Volume) -> tuple[np.ndarray, tuple[int, int, int]]:
+        """The observation's own grid over the unit cube, its thick axis refined to the finest spacing.
+
+        In-plane voxel centres coincide with the observation's, and every observed slice is a plane
+        of the grid, so the maps overlay the scan voxel for voxel (no resampling).
+        """
+        spacing = observation.spacing
+        refine = np.maximum(1, np.rint(spacing / spacing.min())).astype(int)
+        corners = self.to_world(np.array([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)]))
+        fine_index = observation.world_to_index(corners) * refine
+        lo = np.ceil(fine_index.min(0) - 1e-6).astype(int)
+        hi = np.floor(fine_index.max(0) + 1e-6).astype(int)
+        affine = np.array(observation.affine, dtype=float)
+        affine[:3, :3] = affine[:3, :3] / refine
+        affine[:3, 3] = observation.index_to_world((lo / refine)[None])[0]
+        shape = tuple(int(n) for n in np.maximum(hi - lo + 1, 1))
+        return affine, shape  # type: ignore[return-value]
 
     def to_dict(self) -> dict:
         return {
@@ -65,7 +87,30 @@ def frame_from_observation(observation: Volume, box_padding: float = 0.1) -> Fra
     centre_index_mm = (lo + hi) / 2
     centre = rotation @ centre_index_mm + observation.origin
     scale = float((hi - lo).max() * (1.0 + 2 * box_padding))
-    return Frame(centre_mm=centre, scale_mm=scale, rotation=rotation)
+    return Frame(centre_mm=centre, scale_mm=scale, rotation=canonical_axes(rotation))
+
+
+def canonical_axes(rotation: np.ndarray) -> np.ndarray:
+    """The voxel directions reordered and flipped to lie closest to the world axes.
+
+    The same world geometry stored with another axis order or with flipped axes gets the same
+    frame, so the encoder sees the same input (frame invariance); grid planes stay slice planes.
+    """
+    order, signs = canonical_order(rotation)
+    return np.asarray(rotation, dtype=float)[:, order] * signs
+
+
+def canonical_order(rotation: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """(voxel axis for each world axis, +-1 per world axis) of :func:`canonical_axes`."""
+    rotation = np.asarray(rotation, dtype=float)
+    order = [-1, -1, -1]
+    free = [0, 1, 2]
+    for world in np.argsort(-np.abs(rotation).max(1)):  # most decided world axis first
+        voxel = max(free, key=lambda a: abs(rotation[world, a]))
+        order[world] = voxel
+        free.remove(voxel)
+    signs = np.where(np.diag(rotation[:, order]) < 0, -1.0, 1.0)
+    return order, signs
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,14 +120,22 @@ class PointInputs:
     frame: Frame
     field: SliceDistanceField | None
     sdf_scale: float
+    perturbation: MemberPerturbation | None = None  # per-member shifts of the distance (member diversity)
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
+        """[N, 3 + point_features] inputs, or [M, N, 4] when members read perturbed distances."""
         points = np.asarray(points, dtype=np.float32)
         if self.field is None:
             return points[:, :3]
-        sdf_mm = self.field(self.frame.to_world(points[:, :3]))
-        feature = np.tanh(sdf_mm / (self.sdf_scale * self.frame.scale_mm)).astype(np.float32)
-        return np.concatenate([points[:, :3], feature[:, None]], axis=1)
+        world = self.frame.to_world(points[:, :3])
+        sdf_mm = self.field(world)
+        unit = self.sdf_scale * self.frame.scale_mm
+        if self.perturbation is None:
+            feature = np.tanh(sdf_mm / unit).astype(np.float32)
+            return np.concatenate([points[:, :3], feature[:, None]], axis=1)
+        shifted = np.tanh((sdf_mm[None] + self.perturbation.offsets_mm(world)) / unit).astype(np.float32)
+        xyz = np.broadcast_to(points[None, :, :3], (shifted.shape[0], *points[:, :3].shape))
+        return np.concatenate([xyz, shifted[..., None]], axis=2)
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,6 +179,11 @@ def make_case(
     if len(gaps):
         inside &= ~np.isin(index[:, axis], gaps)
     points, labels = points[inside].astype(np.float32), labels[inside]
+    # Points in the frame's (world-aligned) order, not the storage order: the same geometry stored
+    # with other axis orders or flips gives the same fine-tuning batches (frame invariance).
+    rounded = np.round(points.astype(np.float64), 5)
+    order = np.lexsort((rounded[:, 2], rounded[:, 1], rounded[:, 0]))
+    points, labels = points[order], labels[order]
     cells = np.clip(((points + 0.5) * grid_size).astype(int), 0, grid_size - 1)
     flat = np.ravel_multi_index(cells.T, (grid_size,) * 3)
     count = np.bincount(flat, minlength=grid_size**3).astype(np.float32)

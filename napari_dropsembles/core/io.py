@@ -7,6 +7,7 @@ every failure a user can cause raises :class:`InputError` with a message that na
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -14,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .budget import check_volume
 from .errors import InputError
+from .outputs import clean_stale, temp_name
 from .volume import Volume, affine_from_spacing
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".tif", ".tiff", ".npy", ".npz")
@@ -87,8 +90,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     folder = ensure_writable_dir(path.parent if str(path.parent) else Path("."))
     suffix = _full_suffix(path)
+    clean_stale(folder, path.name)  # temporaries of a killed earlier write
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=folder)
+        fd, tmp_name = tempfile.mkstemp(prefix=temp_name(path), suffix=f".tmp{suffix}", dir=folder)
     except OSError as exc:
         raise InputError(f"cannot write to {folder}: {exc.strerror or exc}") from exc
     os.close(fd)
@@ -97,9 +101,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(error, OSError) and error.errno is not None and not error.filename:
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from error  # name the file
         raise
 
 
@@ -114,6 +120,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 # --------------------------------------------------------------------------- reading
 
 
+def one_line(error: BaseException | str, limit: int = 200) -> str:
+    """A library's message on one line (whitespace runs collapsed), cut to ``limit`` characters."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _unreadable(path: Path, what: str, error: BaseException) -> InputError:
+    return InputError(f"{path}: not a readable {what} ({type(error).__name__}: {one_line(error)})")
+
+
 def _check_array(data: np.ndarray, path: Path) -> np.ndarray:
     data = np.asarray(data)
     if data.dtype.kind not in "biuf":
@@ -125,13 +141,44 @@ def _check_array(data: np.ndarray, path: Path) -> np.ndarray:
     return data
 
 
-def _check_affine(affine: np.ndarray, path: Path) -> np.ndarray:
+def affine_problem(affine: np.ndarray) -> str | None:
+    """What makes a voxel -> mm affine unusable, in a few words; None when it is fine."""
     affine = np.asarray(affine, dtype=float)
     if affine.shape != (4, 4):
-        raise InputError(f"{path}: affine must be 4x4, got shape {affine.shape}")
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise InputError(f"{path}: the affine (voxel -> mm) is not usable:\n{affine}")
-    return affine
+        return f"it must be 4x4, got shape {affine.shape}"
+    if not np.all(np.isfinite(affine)):
+        return "it holds NaN or infinite values"
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    if np.any(spacing < 1e-9):
+        shown = ", ".join(f"{s:g}" for s in spacing)
+        return f"the voxel spacing ({shown} mm) is zero along axis {int(np.argmin(spacing))}"
+    if abs(np.linalg.det(affine[:3, :3] / spacing)) < 1e-6:
+        return "its axes are parallel (a singular matrix)"
+    if np.any(spacing > 1e5):
+        return f"the voxel spacing ({', '.join(f'{s:g}' for s in spacing)} mm) is implausibly large"
+    return None
+
+
+def _check_affine(affine: np.ndarray, path: Path) -> np.ndarray:
+    problem = affine_problem(affine)
+    if problem is not None:
+        raise InputError(
+            f"{path}: the voxel -> mm affine is not usable: {problem}; "
+            "fix the voxel spacing / orientation in the file's header and read it again"
+        )
+    return np.asarray(affine, dtype=float)
+
+
+def _raw_nifti_pixdim(path: Path, header_class: type) -> np.ndarray | None:
+    """pixdim[1:4] as stored in the file (nibabel silently turns zeros into 1 mm on load)."""
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(str(path)) as fh:
+            raw = header_class.from_fileobj(fh, check=False)
+        return np.asarray(raw["pixdim"][1:4], dtype=float)
+    except Exception:  # the header was read once already; a second failure only skips this check
+        return None
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -139,16 +186,37 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
     try:
         img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
+        shape = tuple(int(s) for s in img.shape)
+        itemsize = int(img.get_data_dtype().itemsize)
     except Exception as exc:  # nibabel raises many kinds (ImageFileError, OSError, EOFError, zlib...)
-        raise InputError(f"{path}: not a readable NIfTI volume ({type(exc).__name__}: {exc})") from exc
+        raise _unreadable(path, "NIfTI volume", exc) from None
+    check_volume(shape, itemsize, str(path))
+    header = img.header
+    if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
+        pixdim = _raw_nifti_pixdim(path, type(header))
+        if pixdim is not None and not np.all(np.isfinite(pixdim) & (pixdim != 0)):
+            shown = ", ".join(f"{v:g}" for v in pixdim)
+            raise InputError(
+                f"{path}: the header gives voxel size (pixdim) {shown} and no qform/sform, so the spacing is "
+                "unknown (a zero is not read as 1 mm); write the real voxel size into the header"
+            )
+    try:
+        data = np.asanyarray(img.dataobj)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise _unreadable(path, "NIfTI volume", exc) from None
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     affine = np.asarray(img.affine, dtype=float)
-    header = getattr(img, "header", None)
-    if header is not None and hasattr(header, "get_xyzt_units"):
-        unit = header.get_xyzt_units()[0]
-        scale = {"meter": 1000.0, "micron": 1e-3}.get(unit, 1.0)
+    if "xyzt_units" in getattr(header, "keys", list)():
+        code = int(header["xyzt_units"]) % 8  # NIfTI: 0 unknown (read as mm), 1 metre, 2 mm, 3 micron
+        if code > 3:
+            raise InputError(
+                f"{path}: the header's spatial unit code {code} is not a NIfTI unit (metre, mm or micron); "
+                "set xyzt_units in the header and read it again"
+            )
+        scale = {1: 1000.0, 3: 1e-3}.get(code, 1.0)
         if scale != 1.0:
             affine = affine.copy()
             affine[:3, :] *= scale
@@ -175,17 +243,33 @@ def _read_tif(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
     try:
         with tifffile.TiffFile(str(path)) as tif:
+            page = tif.pages[0]
+            series = tif.series[0]
+            samples = int(getattr(page, "samplesperpixel", 1) or 1)
+            photometric = int(getattr(page, "photometric", 1) or 1)
+            if samples > 1 or photometric in (2, 5, 6):  # RGB, CMYK/separated, YCbCr
+                raise InputError(
+                    f"{path}: a colour image ({samples} samples per pixel, axes {series.axes}), not a label "
+                    "volume; save the segmentation as a single-channel (grayscale) stack of slices"
+                )
+            check_volume(series.shape, np.dtype(series.dtype).itemsize, str(path))
             data = tif.asarray()
             ij = tif.imagej_metadata or {}
-            page = tif.pages[0]
+            shaped = (tif.shaped_metadata or ({},))[0] if not ij else {}
+            if isinstance(shaped, dict) and "spacing" in shaped:
+                ij = {"spacing": shaped["spacing"], "unit": shaped.get("unit", "mm")}
             px_x = _tif_pixel_size(page, "XResolution")
             px_y = _tif_pixel_size(page, "YResolution")
             res_unit = page.tags.get("ResolutionUnit")
             res_unit = int(res_unit.value) if res_unit is not None else None
+    except (InputError, MemoryError):
+        raise
     except Exception as exc:
-        raise InputError(f"{path}: not a readable TIFF volume ({type(exc).__name__}: {exc})") from exc
-    if data.ndim > 3:
-        data = np.squeeze(data)  # ImageJ hyperstacks carry singleton T/C axes
+        raise _unreadable(path, "TIFF volume", exc) from None
+    while data.ndim > 3 and 1 in data.shape:  # ImageJ hyperstacks carry singleton T/C axes
+        data = np.squeeze(data, axis=data.shape.index(1))
+    if data.ndim == 2 and ij.get("spacing") is not None:
+        data = data[None]  # a one-slice ImageJ stack (its Z axis was dropped as a singleton)
     # Unit of the resolution tags: ImageJ's 'unit' when present; else the TIFF ResolutionUnit
     # (centimetre -> mm; 'none' taken as mm). Inch (the TIFF default, usually a print dpi) is ignored.
     unit_scale: float | None
@@ -205,47 +289,107 @@ def _read_tif(path: Path) -> tuple[np.ndarray, np.ndarray]:
         try:
             sz = float(ij["spacing"]) * (unit_scale or 1.0)
         except (TypeError, ValueError):
-            sz = 1.0
+            sz = float("nan")
         if not np.isfinite(sz) or sz <= 0:
-            sz = 1.0
+            raise InputError(
+                f"{path}: the ImageJ slice spacing is {ij['spacing']!r}, not a positive number; "
+                "set the voxel depth (Image > Properties in ImageJ/Fiji) and save again"
+            )
     # Stored axes are (Z, Y, X): spacing per array axis.
     return data, affine_from_spacing((sz, sy, sx))
 
 
+def _npy_header(fh, path: Path, member: str = "") -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from a .npy header, without reading the data."""
+    where = f"{path}{':' + member if member else ''}"
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    except Exception as exc:
+        raise InputError(f"{where}: not a readable .npy array ({type(exc).__name__}: {one_line(exc)})") from None
+    if dtype.hasobject:
+        raise InputError(f"{where}: holds Python objects, which are never loaded (pickle); save a numeric array")
+    return tuple(int(n) for n in shape), dtype
+
+
 def _read_npy(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
+        with open(path, "rb") as fh:
+            shape, dtype = _npy_header(fh, path)
+    except OSError as exc:
+        raise _unreadable(path, ".npy array", exc) from None
+    check_volume(shape, dtype.itemsize, str(path))
+    try:
         data = np.load(str(path), allow_pickle=False)
+    except MemoryError:
+        raise
     except Exception as exc:
-        raise InputError(f"{path}: not a readable .npy array ({type(exc).__name__}: {exc})") from exc
+        raise _unreadable(path, ".npy array", exc) from None
     return data, np.eye(4)
+
+
+_NPZ_META = ("affine", "spacing", "origin")
+_NPZ_META_MAX_BYTES = 1 << 16  # a 4x4 affine is 128 bytes of data; anything this big is not one
+
+
+def _npz_member(npz, key: str, path: Path, *, volume: bool) -> np.ndarray:
+    """One member of an open NpzFile, sized from its zip entry and .npy header before decompressing."""
+    name = f"{key}.npy"
+    info = npz.zip.getinfo(name)
+    if volume:
+        with npz.zip.open(name) as fh:
+            shape, dtype = _npy_header(fh, path, key)
+        check_volume(shape, dtype.itemsize, f"{path}:{key}")
+        if info.file_size > math.prod(shape) * dtype.itemsize + (1 << 20):
+            raise InputError(f"{path}:{key}: the member is larger than its header says; the archive is corrupt")
+    elif info.file_size > _NPZ_META_MAX_BYTES:
+        raise InputError(f"{path}: '{key}' holds {info.file_size} bytes, far too many for a {key}; fix the archive")
+    return npz[key]
+
+
+def _npz_numbers(value: np.ndarray, key: str, path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        numbers = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        numbers = None
+    if numbers is not None and key != "affine":
+        numbers = numbers.ravel()
+    if numbers is None or numbers.shape != shape or not np.all(np.isfinite(numbers)):
+        want = "a 4x4 matrix of finite numbers" if key == "affine" else f"{shape[0]} finite numbers"
+        raise InputError(f"{path}: '{key}' must be {want}, got {one_line(repr(value), 80)}")
+    return numbers
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with np.load(str(path), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+            keys = list(npz.files)
+            if "data" in keys:
+                data_key = "data"
+            else:
+                candidates = [k for k in keys if k not in _NPZ_META]
+                if len(candidates) != 1:
+                    raise InputError(
+                        f"{path}: cannot tell which array is the volume: keys {sorted(keys)}; "
+                        "store it under the key 'data'"
+                    )
+                data_key = candidates[0]
+            data = _npz_member(npz, data_key, path, volume=True)
+            meta = {k: _npz_member(npz, k, path, volume=False) for k in _NPZ_META if k in keys}
+    except (InputError, MemoryError):
+        raise
     except Exception as exc:
-        raise InputError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc})") from exc
-    if "data" in arrays:
-        data = arrays["data"]
-    else:
-        candidates = [k for k in arrays if k not in ("affine", "spacing", "origin")]
-        if len(candidates) != 1:
-            raise InputError(
-                f"{path}: cannot tell which array is the volume: keys {sorted(arrays)}; store it under the key 'data'"
-            )
-        data = arrays[candidates[0]]
-    if "affine" in arrays:
-        affine = np.asarray(arrays["affine"], dtype=float)
-        if affine.shape != (4, 4):
-            raise InputError(f"{path}: 'affine' must be 4x4, got shape {affine.shape}")
-    elif "spacing" in arrays:
-        spacing = np.asarray(arrays["spacing"], dtype=float).ravel()
-        if spacing.shape != (3,) or np.any(spacing <= 0):
-            raise InputError(f"{path}: 'spacing' must be 3 positive numbers, got {spacing}")
-        origin = np.asarray(arrays.get("origin", np.zeros(3)), dtype=float).ravel()
-        if origin.shape != (3,):
-            raise InputError(f"{path}: 'origin' must be 3 numbers, got {origin}")
+        raise _unreadable(path, ".npz archive", exc) from None
+    if "affine" in meta:
+        affine = _npz_numbers(meta["affine"], "affine", path, (4, 4))
+    elif "spacing" in meta:
+        spacing = _npz_numbers(meta["spacing"], "spacing", path, (3,))
+        if np.any(spacing <= 0):
+            raise InputError(f"{path}: 'spacing' must be 3 positive numbers (mm), got {spacing.tolist()}")
+        origin = _npz_numbers(meta.get("origin", np.zeros(3)), "origin", path, (3,))
         affine = affine_from_spacing(spacing, origin)
     else:
         affine = np.eye(4)
@@ -264,14 +408,27 @@ _READERS = {
 
 def read_volume(path: str | os.PathLike) -> Volume:
     """Read a 3D volume with its voxel -> world mm affine from NIfTI, TIFF, .npy or .npz."""
+    if not isinstance(path, (str, os.PathLike)) or not str(os.fspath(path)).strip():
+        raise InputError(f"a volume path must be a file name, got {one_line(repr(path), 80)}")
     path = Path(path)
     suffix = volume_suffix(path)
+    from .formats import can_read, read_format_volume  # NRRD, MetaImage, DICOM, OME-Zarr: core/formats
+
+    if not suffix and can_read(path):
+        clinical = read_format_volume(path)
+        return Volume(_check_array(clinical.data, path), _check_affine(clinical.affine, path))
     if not suffix:
         raise InputError(f"{path}: unknown file type; expected one of {', '.join(VOLUME_SUFFIXES)}")
-    if not path.exists():
+    try:
+        exists, is_dir, is_file = path.exists(), path.is_dir(), path.is_file()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({one_line(exc.strerror or exc)})") from None
+    if not exists:
         raise InputError(f"{path}: file not found")
-    if path.is_dir():
+    if is_dir:
         raise InputError(f"{path}: is a folder, not a volume file")
+    if not is_file:
+        raise InputError(f"{path}: is not a regular file (a pipe or a device?); save the volume to a file")
     data, affine = _READERS[suffix](path)
     data = _check_array(data, path)
     affine = _check_affine(affine, path)
@@ -292,6 +449,10 @@ def write_volume(path: str | os.PathLike, volume: Volume, dtype=np.float32) -> P
     """
     path = Path(path)
     suffix = volume_suffix(path)
+    from .formats import format_suffix, write_format_volume  # NRRD, MetaImage, OME-Zarr: core/formats
+
+    if not suffix and format_suffix(path):
+        return write_format_volume(path, volume, dtype=dtype)
     if not suffix:
         raise InputError(f"{path}: unknown file type; expected one of {', '.join(VOLUME_SUFFIXES)}")
     data = np.asarray(volume.data)
@@ -320,7 +481,7 @@ def write_volume(path: str | os.PathLike, volume: Volume, dtype=np.float32) -> P
             sz, sy, sx = (float(s) for s in volume.spacing)
             if data.dtype == np.bool_:
                 data = data.astype(np.uint8)
-            if data.dtype in _IMAGEJ_DTYPES:
+            if data.dtype in _IMAGEJ_DTYPES and min(data.shape) > 1:  # ImageJ drops axes of length 1
                 tifffile.imwrite(
                     str(tmp),
                     data,
@@ -335,6 +496,7 @@ def write_volume(path: str | os.PathLike, volume: Volume, dtype=np.float32) -> P
                     photometric="minisblack",
                     resolution=(1.0 / sx, 1.0 / sy),
                     resolutionunit=1,
+                    metadata={"spacing": sz, "unit": "mm"},  # shaped JSON: the slice spacing read back
                 )
     return path
 
@@ -379,6 +541,24 @@ def _parse_label(label: int | str) -> int | str:
         except ValueError:
             pass
     raise InputError(f"label must be an integer or 'all', got {label!r}")
+
+
+def check_binary_mask(observation: object) -> Volume:
+    """The boundary of the reconstruction API: a :class:`Volume` of finite 0/1 values (bool or numbers)."""
+    if not isinstance(observation, Volume):
+        raise InputError(
+            f"the observation must be a Volume (data + affine), got {type(observation).__name__}; "
+            "read one with read_volume(path) or wrap an array as Volume(array, affine)"
+        )
+    data = np.asarray(observation.data)
+    if data.dtype.kind not in "biuf":
+        raise InputError(f"the observation holds {data.dtype}, not numbers; pass a 0/1 mask")
+    if data.dtype != np.bool_ and not np.all((data == 0) | (data == 1)):
+        raise InputError(
+            "the observation is not a 0/1 mask (it holds NaN, labels or fractional values); make one with "
+            "binary_mask_from_volume(volume, label=..., threshold=...)"
+        )
+    return observation
 
 
 def binary_mask_from_volume(

@@ -1,4 +1,9 @@
-"""Chunked grid queries (memory bounded by the chunk, not the grid) and ensemble statistics."""
+"""Grid queries of a fitted ensemble and the ensemble statistics.
+
+:func:`predict_grid_steps` is the one entry point: every voxel centre of a grid (``adaptive=False``)
+or coarse-to-fine (``adaptive=True``, core/adaptive). The points per network call are chosen here,
+once (core/chunking.choose_chunk), and memory is bounded by the chunk, not the grid.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .budget import check_grid
 from .chunking import autocast, choose_chunk, run_chunked
-from .methods import Fitted
-from .progress import CancelFlag, Progress, check_cancel
+from .fitted import Fitted
+from .progress import CancelFlag, Progress, check_cancel, drive
 from .volume import Volume
 
 EPS = 1e-6
@@ -53,7 +59,7 @@ def grid_points_mm(affine: np.ndarray, shape: tuple[int, int, int], start: int, 
     return index @ affine[:3, :3].T + affine[:3, 3]
 
 
-def dense_chunk_default(fitted: Fitted) -> int:
+def default_chunk(fitted: Fitted) -> int:
     """Points per network call when the caller gives none: measured per device (core/chunking)."""
     return choose_chunk(fitted.device, fitted.members, fitted.decoder.config.hidden)
 
@@ -86,23 +92,22 @@ def query_voxels(
     yield from run_chunked(run, len(flat_index), chunk)
 
 
-def predict_grid_steps(
+def dense_grid_steps(
     fitted: Fitted,
     affine: np.ndarray,
     shape: tuple[int, int, int],
     *,
-    chunk: int | None = 65536,
+    chunk: int,
     keep_members: bool = False,
     precision: str = "fp32",
     cancel: CancelFlag | None = None,
 ) -> Generator[Progress, None, EnsembleMaps]:
-    """Query every voxel centre of the grid; yields Progress per chunk.
+    """Query every voxel centre of the grid, ``chunk`` points per call; yields Progress per chunk.
 
-    ``chunk`` None: chosen for the device (chunking.choose_chunk). ``queries`` counts the point x
-    member evaluations made (voxels outside the case's unit cube are not queried).
+    ``queries`` counts the point x member evaluations made (voxels outside the case's unit cube
+    are not queried).
     """
     total = int(np.prod(shape))
-    chunk = int(chunk) if chunk else dense_chunk_default(fitted)
     maps = {name: np.zeros(total, dtype=np.float32) for name in MAP_NAMES}
     members = np.zeros((fitted.members, total), dtype=np.float16) if keep_members else None
     chunks = (total + chunk - 1) // chunk
@@ -121,10 +126,42 @@ def predict_grid_steps(
     return EnsembleMaps(**volumes, members=member_grid, queries=queries)
 
 
-def run_to_end(steps: Generator) -> object:
-    """Drain a progress generator and return its result."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
+def predict_grid_steps(
+    fitted: Fitted,
+    affine: np.ndarray,
+    shape: tuple[int, int, int],
+    *,
+    adaptive: bool = False,
+    threshold: float = 0.5,
+    coarse_step: int | None = None,
+    variance_tol: float | None = None,
+    chunk: int | None = None,
+    keep_members: bool = False,
+    precision: str = "fp32",
+    cancel: CancelFlag | None = None,
+) -> Generator[Progress, None, EnsembleMaps]:
+    """Ensemble maps on the grid ``(affine, shape)``; yields Progress.
+
+    ``adaptive``: coarse-to-fine (core/adaptive), refined near ``threshold`` and where the member
+    variance exceeds ``variance_tol``; ``coarse_step`` None is chosen from the encoder's cell size
+    (adaptive.coarse_step_for). Grids too small to gain are queried densely. ``chunk`` None:
+    points per network call chosen for the device.
+    """
+    chunk = int(chunk) if chunk else default_chunk(fitted)
+    check_grid(shape, fitted.members, keep_members=keep_members, chunk=chunk, hidden=fitted.decoder.config.hidden)
+    common = dict(chunk=chunk, keep_members=keep_members, precision=precision, cancel=cancel)
+    if adaptive:
+        from . import adaptive as coarse_to_fine  # it builds on this module's queries
+
+        step = coarse_to_fine.coarse_step_for(fitted, affine) if coarse_step is None else int(coarse_step)
+        if coarse_to_fine.gains(step, shape):
+            tol = coarse_to_fine.DEFAULT_VARIANCE_TOL if variance_tol is None else variance_tol
+            return (
+                yield from coarse_to_fine.adaptive_grid_steps(
+                    fitted, affine, shape, threshold=threshold, coarse_step=step, variance_tol=tol, **common
+                )
+            )
+    return (yield from dense_grid_steps(fitted, affine, shape, **common))
+
+
+run_to_end = drive  # the older name, kept for callers

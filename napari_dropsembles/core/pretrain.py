@@ -11,36 +11,24 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
+from .budget import check_pretrain
 from .checkpoint import PretrainedModel, Prior
-from .config import ModelConfig
+from .config import ModelConfig, PretrainConfig
 from .data import Corruption, Shape, near_surface_points, random_corruption, random_vertebra, simulate_observation
+from .distributed import DistContext, TrainingNet, local_batch_size, mean_over_ranks, shard_indices, train_step, wrap
 from .ensemble import EnsembleDecoder
 from .errors import InputError
 from .ewc import diagonal_fisher
 from .frame import make_case
 from .model import VoxelEncoder, sample_features
-from .progress import CancelFlag, Progress, check_cancel
+from .progress import CancelFlag, Progress, check_cancel, relay
 
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    steps: int = 2000
-    batch_size: int = 8
-    points_per_sample: int = 4096  # queries stored per sample; each step uses half of them
-    lr: float = 1e-3
-    shapes: int = 0  # size of the shape pool (0 = a new random vertebra for every sample)
-    samples: int = 1024  # training samples made up front (shape + random slicing/corruption + queries)
-    slice_factors: tuple[float, float] = (1.0, 5.0)
-    in_plane_mm: tuple[float, float] = (0.7, 1.5)
-    surface_sigma: float = 0.015  # near-surface query noise, share of the cube size
-    fisher_samples: int = 16
-    seed: int = 0
+SLICING_ATTEMPTS = 50  # random slicings tried before a shape is declared too small to train on
 
 
 def random_training_corruption(rng: np.random.Generator, config: PretrainConfig) -> Corruption:
@@ -54,8 +42,21 @@ def random_training_corruption(rng: np.random.Generator, config: PretrainConfig)
 def make_training_sample(
     shape: Shape, rng: np.random.Generator, model_config: ModelConfig, config: PretrainConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(encoder input [2,G,G,G], decoder inputs at query points [P, 3 + k], exact occupancy [P])."""
-    observation = simulate_observation(shape, random_training_corruption(rng, config), rng)
+    """(encoder input [2,G,G,G], decoder inputs at query points [P, 3 + k], exact occupancy [P]).
+
+    A random slicing that keeps no foreground voxel (a small or partial mask seen through thick
+    slices) is drawn again, up to ``SLICING_ATTEMPTS`` times.
+    """
+    for _ in range(SLICING_ATTEMPTS):
+        observation = simulate_observation(shape, random_training_corruption(rng, config), rng)
+        if np.asarray(observation.data).any():
+            break
+    else:
+        name = getattr(shape, "name", None) or type(shape).__name__
+        raise InputError(
+            f"{name}: none of {SLICING_ATTEMPTS} random thick-slice observations of this shape kept a foreground "
+            "voxel; it is too small for the slice spacings asked for (remove it or lower the slice factors)"
+        )
     case = make_case(observation, model_config)
     n_uniform = config.points_per_sample // 2
     uniform = rng.uniform(-0.5, 0.5, size=(n_uniform, 3))
@@ -72,7 +73,7 @@ _POOL_SHAPES: Sequence[Shape] | None = None  # inherited by forked workers (no p
 def _pool_sample(task: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     index, seed, pool, model_config, config = task
     rng = np.random.default_rng([seed, index])
-    shape = shape_source(_POOL_SHAPES, pool, seed)(rng)
+    shape = shape_source(_POOL_SHAPES, pool, seed, config.procedural_share)(rng)
     grid, points, labels = make_training_sample(shape, rng, model_config, config)
     return grid.astype(np.float16), points, labels.astype(np.uint8)
 
@@ -84,11 +85,13 @@ def build_training_pool(
     shapes: Sequence[Shape] | None = None,
     workers: int = 0,
     cancel: CancelFlag | None = None,
+    indices: Sequence[int] | None = None,
 ) -> Generator[Progress, None, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Make ``config.samples`` training samples up front (deterministic per index, parallel)."""
+    """Make the training samples up front (deterministic per index, parallel): ``indices`` (default all)."""
     global _POOL_SHAPES
     _POOL_SHAPES = shapes
-    tasks = [(i, config.seed, config.shapes, model_config, config) for i in range(config.samples)]
+    indices = range(config.samples) if indices is None else indices
+    tasks = [(i, config.seed, config.shapes, model_config, config) for i in indices]
     workers = workers or min(2, os.cpu_count() or 1)
     results = []
     if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
@@ -120,14 +123,31 @@ def shapes_from_folder(folder: str | os.PathLike) -> list[Shape]:
     files = sorted(p for p in folder.iterdir() if any(p.name.endswith(s) for s in VOLUME_SUFFIXES))
     if not files:
         raise InputError(f"no volume files ({', '.join(VOLUME_SUFFIXES)}) in {folder}")
-    return [MaskShape(binary_mask_from_volume(read_volume(f), label="all")) for f in files]
+    shapes = []
+    for path in files:
+        try:
+            shape = MaskShape(binary_mask_from_volume(read_volume(path), label="all"))
+        except InputError as error:
+            raise InputError(f"{path.name}: {error} (fix or remove this file from {folder})") from None
+        shape.name = path.name
+        shapes.append(shape)
+    return shapes
 
 
-def shape_source(shapes: Sequence[Shape] | None, pool: int, seed: int) -> Callable[[np.random.Generator], Shape]:
-    """Draw training shapes: from given shapes, a fixed procedural pool, or fresh vertebrae."""
+def shape_source(
+    shapes: Sequence[Shape] | None, pool: int, seed: int, procedural_share: float = 0.0
+) -> Callable[[np.random.Generator], Shape]:
+    """Draw training shapes: from given shapes (mixed with a ``procedural_share`` of fresh vertebrae),
+    a fixed procedural pool, or fresh vertebrae."""
     if shapes:
         items = list(shapes)
-        return lambda rng: items[int(rng.integers(len(items)))]
+
+        def draw(rng: np.random.Generator) -> Shape:
+            if procedural_share > 0 and rng.random() < procedural_share:
+                return random_vertebra(rng)
+            return items[int(rng.integers(len(items)))]
+
+        return draw
     if pool > 0:
         fixed = [random_vertebra(np.random.default_rng([seed, i])) for i in range(pool)]
         return lambda rng: fixed[int(rng.integers(len(fixed)))]
@@ -142,56 +162,68 @@ def pretrain_model_steps(
     device: torch.device | str = "cpu",
     workers: int = 0,
     cancel: CancelFlag | None = None,
+    dist: DistContext = DistContext(),
 ) -> Generator[Progress, None, PretrainedModel]:
-    """Train one network with dropout; yields Progress; returns it with its Fisher."""
+    """Train one network with dropout; yields Progress; returns it with its Fisher.
+
+    Under torchrun (``dist``, core/distributed) each rank makes and trains on its shard of the
+    samples with ``batch_size / world_size`` of them a step; DDP averages the gradients.
+    """
     if not 0 < model_config.dropout < 1:
         raise InputError(f"dropout rate must be in (0, 1), got {model_config.dropout}")
     if config.steps < 1:
         raise InputError(f"steps must be positive, got {config.steps}")
+    check_pretrain(
+        grid_size=model_config.grid_size,
+        encoder_channels=model_config.encoder_channels,
+        feature_channels=model_config.feature_channels,
+        hidden=model_config.hidden,
+        blocks=model_config.blocks,
+        batch_size=config.batch_size,
+        samples=config.samples,
+        points_per_sample=config.points_per_sample,
+    )
     device = torch.device(device)
     torch.manual_seed(config.seed)
     encoder = VoxelEncoder(model_config).to(device)
     decoder = EnsembleDecoder(model_config, 1, torch.Generator().manual_seed(config.seed)).to(device)
-    params = list(encoder.parameters()) + list(decoder.parameters())
-    optimiser = torch.optim.Adam(params, lr=config.lr)
+    net = wrap(TrainingNet(encoder, decoder), dist, device)
+    optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
+    batch_size = local_batch_size(config.batch_size, dist)
     warmup = max(1, min(100, config.steps // 20))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda i: min(1.0, (i + 1) / warmup) * (0.55 + 0.45 * np.cos(np.pi * min(i / config.steps, 1.0)))
     )
     pool_grids, pool_points, pool_labels = yield from build_training_pool(
-        model_config, config, shapes=shapes, workers=workers, cancel=cancel
+        model_config, config, shapes=shapes, workers=workers, cancel=cancel,
+        indices=shard_indices(config.samples, dist),
     )
-    gen = torch.Generator().manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed + 7919 * dist.rank)
     n_pool, n_points = pool_points.shape[0], pool_points.shape[1]
     half = n_points // 2
     started = time.perf_counter()
     for step in range(1, config.steps + 1):
         check_cancel(cancel)
-        batch = torch.randint(n_pool, (config.batch_size,), generator=gen)
-        pick = torch.randint(n_points, (config.batch_size, half), generator=gen)
+        batch = torch.randint(n_pool, (batch_size,), generator=gen)
+        pick = torch.randint(n_points, (batch_size, half), generator=gen)
         grids = pool_grids[batch].float().to(device)
         points = torch.gather(pool_points[batch], 1, pick[..., None].expand(-1, -1, pool_points.shape[-1])).to(device)
         labels = torch.gather(pool_labels[batch], 1, pick).float().to(device)
-        features = encoder(grids)
-        batch_features = sample_features(features, points)  # [B, P, C]
-        flat_logits = decoder(
-            points.reshape(-1, points.shape[-1]),
-            batch_features.reshape(-1, batch_features.shape[-1]),
-            random_dropout=model_config.dropout,
-        )
-        logits = flat_logits.view(labels.shape)
-        loss = F.binary_cross_entropy_with_logits(logits, labels)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+        loss, logits = train_step(net, optimiser, grids, points, labels, model_config.dropout)
         schedule.step()
         with torch.no_grad():
             accuracy = ((logits > 0) == (labels > 0.5)).float().mean().item()
+        step_loss = mean_over_ranks(float(loss.item()), dist)  # the same on every rank: all stop together
+        if not np.isfinite(step_loss):
+            raise InputError(
+                f"pretraining diverged: the loss became {step_loss} at step {step} of {config.steps}; "
+                f"nothing was saved; lower the learning rate (--lr, now {config.lr:g})"
+            )
         yield Progress(
             "pretrain",
             step,
             config.steps,
-            float(loss.item()),
+            step_loss,
             extra={"accuracy": accuracy, "elapsed_s": time.perf_counter() - started},
         )
     encoder.eval()
@@ -218,6 +250,7 @@ def pretrain_steps(
     device: torch.device | str = "cpu",
     workers: int = 0,
     cancel: CancelFlag | None = None,
+    dist: DistContext = DistContext(),
 ) -> Generator[Progress, None, Prior]:
     """Pretrain ``models`` independent networks (seeds seed, seed+1, ...): a prior for any method."""
     if models < 1:
@@ -232,21 +265,20 @@ def pretrain_steps(
             device=device,
             workers=workers,
             cancel=cancel,
+            dist=dist,
         )
-        while True:
-            try:
-                progress = next(run)
-            except StopIteration as done:
-                trained.append(done.value)
-                break
+
+        def tag(progress: Progress, i: int = i) -> None:
             progress.extra["model"] = i
             progress.message = f"model {i + 1}/{models}"
-            yield progress
+
+        trained.append((yield from relay(run, tag)))
     training = {
         "data": "procedural lumbar vertebrae" if not shapes else f"{len(shapes)} dense masks",
         "pretrain": asdict(config),
         "models": models,
         "wall_time_s": round(time.perf_counter() - started, 1),
         "device": str(device),
+        "processes": dist.world_size,
     }
     return Prior(config=model_config, models=trained, training=training)

@@ -7,9 +7,27 @@ from pathlib import Path
 
 import numpy as np
 
+from .budget import check_memory
 from .data import Corruption, random_vertebra, simulate_observation, voxelize
+from .errors import InputError
 from .io import atomic_write_bytes, ensure_writable_dir, write_volume
 from .volume import Volume
+
+
+def _check_sizes(shape, corruption: Corruption, gt_spacing_mm: float) -> None:
+    """Refuse grids that would not fit before sampling them (budget from the shape's bounds)."""
+    lo, hi = (np.asarray(b, dtype=float) for b in shape.bounds_mm())
+    extent = hi - lo + 12.0  # the margins the grids add
+    for name, spacing, change, supersample in (
+        ("the ground truth", np.full(3, float(gt_spacing_mm)), "use a coarser --gt-spacing", 1),
+        ("the observation", np.asarray(corruption.spacing, dtype=float), "use a coarser --in-plane spacing",
+         corruption.subsamples),
+    ):
+        if not np.all(np.isfinite(spacing) & (spacing > 0)):
+            raise InputError(f"{name}'s voxel size must be a positive number of mm, got {spacing.tolist()}")
+        voxels = np.prod(np.ceil(extent / spacing) + 1)
+        dims = "x".join(str(int(n)) for n in np.ceil(extent / spacing) + 1)
+        check_memory(f"{name} grid ({dims} voxels)", float(voxels) * (16 + 8 * np.prod(supersample)), change)
 
 
 def simulate_volumes(
@@ -34,6 +52,7 @@ def simulate_volumes(
         label_noise=noise,
         missing_slices=missing,
     )
+    _check_sizes(shape, corruption, gt_spacing_mm)
     observation = simulate_observation(shape, corruption, rng)
     truth = voxelize(shape, (gt_spacing_mm,) * 3)
     truth = Volume(np.asarray(truth.data > 0.5, dtype=np.uint8), truth.affine)

@@ -15,11 +15,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
+from .config import ReconstructionConfig
 from .errors import InputError
 from .io import binary_mask_from_volume, list_labels
 from .mesh import Mesh
-from .pipeline import Reconstruction, ReconstructionConfig, reconstruct_steps
-from .progress import CancelFlag, Progress, check_cancel
+from .pipeline import reconstruct_steps
+from .progress import CancelFlag, Progress, check_cancel, relay
+from .result import Reconstruction
 from .volume import Volume
 
 FLAG_RATIO = 1.5  # band variance this many times the median of the structures -> flagged
@@ -249,23 +251,18 @@ def reconstruct_structures_steps(
     if not masks:
         raise InputError("no structure to reconstruct")
     config = replace(config, keep_members=True)
-    config.validate()
     results: dict[int, Reconstruction] = {}
     labels = sorted(masks)
     for index, label in enumerate(labels):
         check_cancel(cancel)
-        steps = reconstruct_steps(masks[label], prior, config, cancel=cancel)
-        while True:
-            try:
-                progress = next(steps)
-            except StopIteration as done:
-                results[label] = done.value
-                break
+
+        def tag(progress: Progress, label: int = label, index: int = index) -> None:
             progress.extra.update({"label": label, "structure": index, "structures": len(labels)})
             if len(labels) > 1:
                 progress.message = f"label {label} ({index + 1}/{len(labels)})" + (
                     f": {progress.message}" if progress.message else ""
                 )
-            yield progress
+
+        results[label] = yield from relay(reconstruct_steps(masks[label], prior, config, cancel=cancel), tag)
     check_cancel(cancel)
     return combine_structures(results)

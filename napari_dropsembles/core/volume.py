@@ -85,30 +85,3 @@ class Volume:
         """World mm of all voxel centres (C order), or of those where ``mask`` is true."""
         index = np.indices(self.shape).reshape(3, -1).T if mask is None else np.argwhere(mask)
         return self.index_to_world(index)
-
-    def corners_mm(self) -> np.ndarray:
-        """(8, 3) world mm of the outer corners of the volume (voxel edges, not centres)."""
-        lo = np.full(3, -0.5)
-        hi = np.asarray(self.shape, dtype=float) - 0.5
-        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
-        return self.index_to_world(corners)
-
-
-def grid_over_box(
-    lo_mm: np.ndarray, hi_mm: np.ndarray, spacing_mm: float, rotation: np.ndarray | None = None
-) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """Affine of an isotropic grid covering the box ``[lo, hi]`` (mm, in the rotated frame).
-
-    ``rotation`` (3x3, orthonormal columns) orients the grid axes; identity when None.
-    Returns (affine, shape).
-    """
-    rotation = np.eye(3) if rotation is None else np.asarray(rotation, dtype=float)
-    lo_mm = np.asarray(lo_mm, dtype=float)
-    hi_mm = np.asarray(hi_mm, dtype=float)
-    shape = np.maximum(np.ceil((hi_mm - lo_mm) / spacing_mm).astype(int), 1)
-    centre = (lo_mm + hi_mm) / 2
-    first = centre - (shape - 1) / 2 * spacing_mm
-    affine = np.eye(4)
-    affine[:3, :3] = rotation * spacing_mm
-    affine[:3, 3] = rotation @ first
-    return affine, tuple(int(s) for s in shape)

@@ -1,4 +1,4 @@
-"""Synthetic data: procedural vertebrae (analytic SDF), corruption simulator, point sampling, toy sets."""
+"""Synthetic data: procedural vertebrae (analytic SDF), corruption simulator, point sampling."""
 
 from .corrupt import (
     Corruption,
@@ -22,7 +22,6 @@ from .shapes import (
     uniform_points,
     voxelize,
 )
-from .toy import corrupt_digit, digits_shapes, sinusoid_dataset
 from .vertebra import Vertebra, VertebraParams, random_vertebra, sample_vertebra_params
 
 __all__ = [
@@ -33,8 +32,6 @@ __all__ = [
     "VertebraParams",
     "apply_corruption",
     "boundary_band",
-    "corrupt_digit",
-    "digits_shapes",
     "lattice_occupancy",
     "near_surface_points",
     "observation_frame",
@@ -44,7 +41,6 @@ __all__ = [
     "random_vertebra",
     "sample_vertebra_params",
     "simulate_observation",
-    "sinusoid_dataset",
     "smooth_intersection",
     "smooth_subtraction",
     "smooth_union",

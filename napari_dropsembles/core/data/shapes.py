@@ -168,41 +168,6 @@ def smooth_union_local(ds, k: float):
 
 
 # --------------------------------------------------------------------------------------------------
-# public (N, 3) forms
-
-
-def _cols(points):
-    p = np.asarray(points, dtype=float)
-    if p.ndim != 2 or p.shape[1] != 3:
-        raise InputError(f"points must be (N, 3), got shape {p.shape}")
-    return np.ascontiguousarray(p[:, 0]), np.ascontiguousarray(p[:, 1]), np.ascontiguousarray(p[:, 2])
-
-
-def sdf_sphere(points, centre, radius):
-    return sphere_xyz(*_cols(points), centre, radius)
-
-
-def sdf_ellipsoid(points, centre, radii):
-    return ellipsoid_xyz(*_cols(points), centre, radii)
-
-
-def sdf_capsule(points, a, b, radius):
-    return capsule_xyz(*_cols(points), a, b, radius)
-
-
-def sdf_round_cone(points, a, b, r1, r2):
-    return round_cone_xyz(*_cols(points), a, b, r1, r2)
-
-
-def sdf_rounded_box(points, centre, half_extents, radius, axes=None):
-    return rounded_box_xyz(*_cols(points), centre, half_extents, radius, axes)
-
-
-def sdf_rounded_cylinder(points, centre, radii_xy, half_height, edge_radius):
-    return rounded_cylinder_xyz(*_cols(points), centre, radii_xy, half_height, edge_radius)
-
-
-# --------------------------------------------------------------------------------------------------
 # shapes
 
 
@@ -249,6 +214,7 @@ class MaskShape:
         if not inside.any():
             raise InputError("mask is empty: no voxel > 0.5")
         self.mask = mask
+        self.name = "a dense mask"  # what error messages call it (pretrain: the file name)
         self._values = values
         self._inv = np.linalg.inv(mask.affine)
         spacing = mask.spacing

@@ -1,6 +1,7 @@
 """Small 2D models for the toy and digits studies, built from the same parts as the 3D methods.
 
-The decoder is the batched :class:`~.ensemble.EnsembleDecoder` (ResNet-FC blocks, fixed per-member
+Part of ``bench/paper`` (not of the product). The decoder is the batched
+:class:`~napari_dropsembles.core.ensemble.EnsembleDecoder` (ResNet-FC blocks, fixed per-member
 masks) fed with points ``(x, y, 0)`` (``ModelConfig.point_features = 0``) and a per-point feature:
 
 - toy 2D: a constant feature (``feature_channels = 1``, value 1): a plain coordinate MLP;
@@ -8,28 +9,29 @@ masks) fed with points ``(x, y, 0)`` (``ModelConfig.point_features = 0``) and a 
   observed mask), sampled bilinearly at the point (the 2D analogue of ConvONet's local features).
 
 Pretraining (BCE with logits, standard dropout on the decoder's hidden units), the EWC Fisher
-(:func:`.ewc.diagonal_fisher`: true Bernoulli Fisher, mean 1), fine-tuning (:func:`.finetune.finetune_steps`)
-and the four methods follow :mod:`.methods` exactly; only the encoder and the point sampling are 2D.
+(``core.ewc.diagonal_fisher``: true Bernoulli Fisher, mean 1), fine-tuning (``core.finetune.finetune_steps``)
+and the four methods are the method objects of ``core.methods``; only the encoder and the point
+sampling are 2D.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .checkpoint import PretrainedModel
-from .config import ModelConfig
-from .ensemble import EnsembleDecoder, sample_member_masks
-from .ewc import diagonal_fisher
-from .finetune import FinetuneConfig, finetune_steps
-from .methods import METHODS
-from .predict import run_to_end
+from napari_dropsembles.core.checkpoint import PretrainedModel, Prior
+from napari_dropsembles.core.config import FinetuneConfig, ModelConfig
+from napari_dropsembles.core.ensemble import EnsembleDecoder
+from napari_dropsembles.core.ewc import diagonal_fisher
+from napari_dropsembles.core.finetune import finetune_steps
+from napari_dropsembles.core.methods import get_method
+from napari_dropsembles.core.progress import drive
 
 ENCODER_INPUT_CHANNELS = 2
 
@@ -253,10 +255,6 @@ class Fitted2D:
         return float(n_points) * self.decoder.members * 2.0 * decoder_macs_per_point(self.decoder.config)
 
 
-def _stack(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {name: torch.cat([s[name] for s in states], 0) for name in states[0]}
-
-
 def fit_2d(
     method: str,
     members: int,
@@ -269,19 +267,16 @@ def fit_2d(
     encoder_input: np.ndarray | None = None,
     seed: int = 0,
 ) -> Fitted2D:
-    """:func:`.methods.fit_steps` for 2D models: the same recipe per method, 2D features.
+    """``core.methods.fit_steps`` for 2D models: the same method objects, 2D features.
 
     ``encoder_input`` [2, H, W] is the observation given to each source model's encoder (digits);
     None means a constant feature (toy).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}")
+    recipe = get_method(method)
     started = time.perf_counter()
-    members = 1 if method == "single" else members
-    if method == "deep_ensemble" and len(models) < members:
-        raise ValueError(f"a deep ensemble of {members} needs {members} pretrained models, got {len(models)}")
+    members = recipe.effective_members(members)
     generator = torch.Generator().manual_seed(seed)
-    sources = models[:members] if method == "deep_ensemble" else models[:1]
+    sources = recipe.sources(Prior(config, list(models)), members)
     flops = 0.0
     if encoder_input is not None:
         image = torch.from_numpy(np.asarray(encoder_input, np.float32))[None]
@@ -301,28 +296,18 @@ def fit_2d(
     labels = torch.from_numpy(np.asarray(observed_labels, np.float32))
     with torch.no_grad():
         features = feature_fn(points)
-    train_members = 1 if method == "mc_dropout" else members
-    if method == "deep_ensemble":
-        decoder = EnsembleDecoder.from_members(config, [m.decoder for m in sources])
-        anchor, fisher = _stack([m.decoder for m in sources]), _stack([m.fisher for m in sources])
-    else:
-        decoder = EnsembleDecoder.replicate(config, sources[0].decoder, train_members)
-        anchor, fisher = dict(sources[0].decoder), dict(sources[0].fisher)
-    if method == "dropsembles":
-        decoder.set_masks(sample_member_masks(members, config, generator))
-    if method == "mc_dropout":
-        finetune = replace(finetune, random_dropout=config.dropout)
-    history = run_to_end(
+    decoder, anchor, fisher = recipe.build(config, sources, members, generator)
+    trained_members = decoder.members
+    finetune = recipe.finetune_config(finetune, config)
+    history = drive(
         finetune_steps(decoder, features, points_3(points), labels, finetune, anchor=anchor, fisher=fisher,
                        generator=generator)
     )
-    if method == "mc_dropout":
-        decoder = EnsembleDecoder.replicate(config, decoder.member(0), members)
-        decoder.set_masks(sample_member_masks(members, config, generator))
+    decoder = recipe.finish(decoder, config, members, generator)
     decoder.eval()
     for p in decoder.parameters():
         p.requires_grad_(False)
-    flops += finetune_flops(config, history, finetune.steps, finetune.points_per_step, train_members,
+    flops += finetune_flops(config, history, finetune.steps, finetune.points_per_step, trained_members,
                             finetune.eval_every)
     return Fitted2D(method, decoder, feature_fn, history, time.perf_counter() - started, flops)
 

@@ -1,4 +1,4 @@
-"""2D datasets for the toy and digits studies of the Dropsembles paper (no downloads)."""
+"""2D datasets for the toy and digits studies of the Dropsembles paper (no downloads; part of bench/paper)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import functools
 import numpy as np
 from scipy import ndimage
 
-from ..errors import InputError
+from napari_dropsembles.core.errors import InputError
 
 
 def sinusoid_dataset(

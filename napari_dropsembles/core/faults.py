@@ -1,0 +1,32 @@
+"""One line for a failure that is not the user's input: a full disk, a size limit, no memory, a bug.
+
+The command line and the widgets both show these words (each adds its own prefix).
+"""
+
+from __future__ import annotations
+
+import errno
+
+from .io import one_line
+
+
+def describe_fault(error: BaseException) -> str:
+    """What went wrong and what to do, in one line."""
+    if isinstance(error, MemoryError):
+        return (
+            "out of memory; use a coarser output spacing (--resolution) or fewer members, or set a lower "
+            "memory limit (--memory-limit GB) so that such requests are refused before they start"
+        )
+    if isinstance(error, OSError):
+        where = f" {error.filename}" if error.filename else ""
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"the disk is full (or over quota) while writing{where}; free some space or write elsewhere"
+        if error.errno == errno.EFBIG:
+            return (
+                f"a file grew past the size limit while writing{where} (ulimit -f, or the file system's "
+                "largest file); raise the limit or write elsewhere"
+            )
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return f"permission denied while writing{where}; choose a folder you can write to"
+        return f"cannot read or write{where}: {one_line(error.strerror or error)}"
+    return f"{type(error).__name__}: {one_line(error)}"

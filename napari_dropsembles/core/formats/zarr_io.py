@@ -1,0 +1,177 @@
+"""OME-Zarr (NGFF 0.4 / 0.5 ``multiscales``) and plain zarr arrays, through zarr.
+
+The finest scale level is read with its ``scale`` and ``translation`` (dataset and multiscale
+transforms composed) and its axis units turned into mm. Arrays are stored (z, y, x) as NGFF
+recommends and held here as (x, y, z), like NIfTI. OME-Zarr has no rotation: an oblique volume
+cannot be written (use NRRD or NIfTI for it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..volume import Volume
+
+_UNIT_TO_MM = {
+    None: 1.0,
+    "millimeter": 1.0,
+    "micrometer": 1e-3,
+    "nanometer": 1e-6,
+    "centimeter": 10.0,
+    "meter": 1000.0,
+}
+_WORLD = ("x", "y", "z")
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+
+
+def _axis(entry) -> tuple[str, str | None, str | None]:
+    """(name, type, unit) of an NGFF axis (a dict, or a bare name in NGFF 0.3)."""
+    if isinstance(entry, dict):
+        return str(entry.get("name", "")).lower(), entry.get("type"), entry.get("unit")
+    return str(entry).lower(), None, None
+
+
+def _transforms(entries) -> tuple[np.ndarray | None, np.ndarray | None]:
+    scale = translation = None
+    for entry in entries or []:
+        if entry.get("type") == "scale":
+            scale = np.asarray(entry["scale"], dtype=float)
+        elif entry.get("type") == "translation":
+            translation = np.asarray(entry["translation"], dtype=float)
+    return scale, translation
+
+
+def read_zarr(path: str | os.PathLike) -> Volume:
+    """Read the finest level of an OME-Zarr image (or a plain zarr array) as a Volume in mm."""
+    import zarr
+
+    path = Path(path)
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable zarr store ({_one_line(exc)})") from None
+    attrs = dict(node.attrs)
+    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    axes: list = []
+    scale = translation = None
+    if multiscales:
+        meta = multiscales[0]
+        axes = meta.get("axes", [])
+        first = meta["datasets"][0]
+        scale, translation = _transforms(first.get("coordinateTransformations"))
+        outer_scale, outer_translation = _transforms(meta.get("coordinateTransformations"))
+        n = len(axes) or (len(scale) if scale is not None else 0)
+        scale = np.ones(n) if scale is None else scale
+        translation = np.zeros(n) if translation is None else translation
+        if outer_scale is not None:
+            scale, translation = scale * outer_scale, translation * outer_scale
+        if outer_translation is not None:
+            translation = translation + outer_translation
+        array = node[first["path"]]
+    elif hasattr(node, "shape"):
+        array = node
+    else:
+        arrays = list(node.array_keys()) if hasattr(node, "array_keys") else []
+        if len(arrays) != 1:
+            raise InputError(
+                f"{path}: a zarr group without OME 'multiscales' and {len(arrays)} arrays; cannot tell the image"
+            )
+        array = node[arrays[0]]
+    data = np.asarray(array[...])
+    names = [_axis(a) for a in axes] or [("", None, None)] * data.ndim
+    if len(names) != data.ndim:
+        raise InputError(f"{path}: {len(names)} axes in the metadata for a {data.ndim}D array")
+    spatial = [i for i, (name, kind, _) in enumerate(names) if kind == "space" or name in _WORLD]
+    if not axes:
+        spatial = [i for i in range(data.ndim) if data.shape[i] > 1][-3:] if data.ndim > 3 else list(range(data.ndim))
+    others = [i for i in range(data.ndim) if i not in spatial]
+    if len(spatial) != 3 or any(data.shape[i] != 1 for i in others):
+        raise InputError(
+            f"{path}: expected 3 spatial axes (others of size 1), got shape {data.shape} with axes {names}"
+        )
+    units = {names[i][2] for i in spatial}
+    if len(units) != 1 or next(iter(units)) not in _UNIT_TO_MM:
+        raise InputError(f"{path}: spatial units {sorted(map(str, units))} are not one length this reader knows")
+    to_mm = _UNIT_TO_MM[next(iter(units))]
+    data = data.reshape([data.shape[i] for i in spatial]) if others else data
+    scale = np.ones(data.ndim) if scale is None else scale[spatial]
+    translation = np.zeros(data.ndim) if translation is None else translation[spatial]
+    spatial_names = [names[i][0] for i in spatial]
+    if sorted(spatial_names) == sorted(_WORLD):  # stored (z, y, x) or any order: hold as (x, y, z)
+        order = [spatial_names.index(n) for n in _WORLD]
+        data, scale, translation = np.transpose(data, order), scale[order], translation[order]
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag(scale * to_mm)
+    affine[:3, 3] = translation * to_mm
+    return Volume(np.ascontiguousarray(data), affine)
+
+
+def write_zarr(path: str | os.PathLike, volume: Volume, *, name: str | None = None) -> Path:
+    """Write ``volume`` as a one-level OME-Zarr (NGFF 0.4, zarr format 2), axes z, y, x in millimetre."""
+    import zarr
+
+    from ..io import ensure_writable_dir
+
+    path = Path(path)
+    rot = np.asarray(volume.affine[:3, :3], dtype=float)
+    if not np.allclose(rot, np.diag(np.diag(rot)), atol=1e-6 * max(1.0, float(np.abs(rot).max()))):
+        raise InputError(f"{path}: OME-Zarr stores no rotation and this volume is oblique; write .nrrd or .nii.gz")
+    data = np.asarray(volume.data)
+    if data.dtype == np.bool_:
+        data = data.astype(np.uint8)
+    spacing = np.diag(rot).copy()
+    origin = volume.affine[:3, 3].copy()
+    for axis in range(3):  # a mirrored axis: flip the data so that the scale is positive
+        if spacing[axis] < 0:
+            data = np.flip(data, axis=axis)
+            origin[axis] += spacing[axis] * (data.shape[axis] - 1)
+            spacing[axis] = -spacing[axis]
+    stored = np.ascontiguousarray(np.transpose(data, (2, 1, 0)))
+    folder = ensure_writable_dir(path.parent if str(path.parent) else Path("."))
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=folder))
+    try:
+        target = staging / path.name
+        kwargs = {"zarr_format": 2} if int(zarr.__version__.split(".")[0]) >= 3 else {}
+        group = zarr.open_group(str(target), mode="w", **kwargs)
+        chunks = tuple(min(s, 64) for s in stored.shape)
+        if hasattr(group, "create_array"):
+            group.create_array("0", data=stored, chunks=chunks)
+        else:  # zarr 2
+            group.create_dataset("0", data=stored, chunks=chunks)
+        group.attrs["multiscales"] = [
+            {
+                "version": "0.4",
+                "name": name or path.name.split(".")[0],
+                "axes": [{"name": n, "type": "space", "unit": "millimeter"} for n in ("z", "y", "x")],
+                "datasets": [
+                    {
+                        "path": "0",
+                        "coordinateTransformations": [
+                            {"type": "scale", "scale": [float(s) for s in spacing[::-1]]},
+                            {"type": "translation", "translation": [float(t) for t in origin[::-1]]},
+                        ],
+                    }
+                ],
+            }
+        ]
+        old = None
+        if path.exists():
+            old = staging / ".replaced"
+            os.replace(path, old)
+        os.replace(target, path)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{path}: cannot write the OME-Zarr ({_one_line(exc)})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path

@@ -1,0 +1,111 @@
+"""Did the prior help on this case? Hold out observed slices, predict them, compare with interpolation.
+
+A few interior observed slices are blanked (read as not annotated, so they give no labels and the
+shape-based distances are interpolated across them); one network (the method's recipe with M = 1,
+same steps) is fine-tuned on the rest and both it and shape-based interpolation predict the blanked
+slices. Their Dice on those slices tells the user, on their own case, which of the two to trust.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Generator
+
+import numpy as np
+import torch
+
+from .checkpoint import Prior
+from .config import ReconstructionConfig
+from .frame import make_case
+from .methods import fit_steps
+from .progress import CancelFlag, Progress
+from .slice_field import SliceDistanceField, gap_slices, thick_axis
+from .volume import Volume
+
+MIN_SLICES = 4  # labelled slices needed before any can be spared
+MARGIN_DICE = 0.005  # a Dice difference smaller than this is a tie
+
+
+def held_out_slices(observation: Volume, share: float) -> tuple[int, np.ndarray]:
+    """(thick axis, interior labelled slices to hold out): about ``share`` of them, never two adjacent."""
+    axis = thick_axis(observation.spacing)
+    if axis is None:
+        return -1, np.zeros(0, dtype=int)
+    mask = np.asarray(observation.data) > 0
+    filled = mask.any(axis=tuple(a for a in range(3) if a != axis))
+    gaps = set(gap_slices(mask, axis).tolist())
+    labelled = np.flatnonzero(filled)
+    if len(labelled) < MIN_SLICES:
+        return axis, np.zeros(0, dtype=int)
+    interior = [int(s) for s in labelled[1:-1] if s - 1 not in gaps and s + 1 not in gaps]
+    count = min(max(2, int(round(share * len(interior)))), (len(interior) + 1) // 2)
+    # Evenly spread over the interior (quantiles), never two adjacent: each keeps both neighbours.
+    chosen: list[int] = []
+    for q in (np.arange(count) + 1) / (count + 1):
+        target = q * (len(interior) - 1)
+        free = [i for i in range(len(interior)) if all(abs(interior[i] - c) > 1 for c in chosen)]
+        if free:
+            chosen.append(interior[min(free, key=lambda i: abs(i - target))])
+    return axis, np.array(sorted(chosen), dtype=int)
+
+
+def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    total = pred.sum() + truth.sum()
+    return float(2 * (pred & truth).sum() / total) if total else 1.0
+
+
+def slice_check_steps(
+    observation: Volume,
+    prior: Prior,
+    config: ReconstructionConfig,
+    *,
+    share: float = 0.2,
+    device: torch.device | str = "cpu",
+    cancel: CancelFlag | None = None,
+) -> Generator[Progress, None, dict | None]:
+    """{"held_out_slices", "axis", "voxels", "ours_dice", "shape_based_dice", "verdict"}; only "held_out_slices"
+    (empty), "axis" and "verdict" when too few slices are labelled; None without a thick axis."""
+    axis, chosen = held_out_slices(observation, share)
+    if axis < 0:
+        return None
+    if len(chosen) == 0:
+        return {
+            "held_out_slices": [],
+            "axis": int(axis),
+            "verdict": f"too few labelled slices to hold any out (needs {MIN_SLICES}): no check of the prior",
+        }
+    data = np.asarray(observation.data)
+    blanked = np.array(data, copy=True)
+    index = [slice(None)] * 3
+    index[axis] = chosen
+    blanked[tuple(index)] = 0
+    spared = observation.with_data(blanked)
+    single = dataclasses.replace(config, method="single", members=1, empty_slices="unobserved")
+    case = make_case(spared, prior.config, empty_slices="unobserved")
+    fitted = yield from fit_steps(case, prior, single, device=device, cancel=cancel)
+    voxels = np.argwhere(np.ones(observation.shape, dtype=bool)[tuple(index)])
+    voxels[:, axis] = chosen[voxels[:, axis]]
+    points = observation.index_to_world(voxels)
+    truth = data[tuple(voxels.T)] > 0
+    ours = fitted.predict(points)[0] >= 0.5
+    inside = (np.abs(fitted.frame.to_normalised(points)) < 0.5).all(1)
+    interpolated = SliceDistanceField(spared, "unobserved")(points) < 0
+    near = inside & (ours | truth | interpolated)  # scored where anything is foreground, inside the box
+    ours_dice, shape_dice = _dice(ours[near], truth[near]), _dice(interpolated[near], truth[near])
+    if ours_dice > shape_dice + MARGIN_DICE:
+        verdict = "the prior helped: the network predicted held-out slices better than shape-based interpolation"
+    elif ours_dice < shape_dice - MARGIN_DICE:
+        verdict = (
+            "the prior did not help: shape-based interpolation predicted held-out slices better than the "
+            "network; trust the reconstruction less on this case"
+        )
+    else:
+        verdict = "the network and shape-based interpolation predicted held-out slices equally well"
+    return {
+        "held_out_slices": [int(s) for s in chosen],
+        "axis": int(axis),
+        "voxels": int(near.sum()),
+        "ours_dice": round(ours_dice, 4),
+        "shape_based_dice": round(shape_dice, 4),
+        "verdict": verdict,
+    }

@@ -1,0 +1,80 @@
+"""The command line reads its defaults from the configs and words config errors as its own options."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from napari_dropsembles.cli import build_parser, cli_setting, cli_wording, config_from_args, main
+from napari_dropsembles.core.config import FinetuneConfig, ReconstructionConfig
+from napari_dropsembles.core.errors import ConfigError
+
+
+def _parse(*extra: str):
+    return build_parser().parse_args(["reconstruct", "obs.nii.gz", "--out", "out", *extra])
+
+
+def test_reconstruct_defaults_are_the_config_defaults():
+    assert config_from_args(_parse()) == ReconstructionConfig()
+    args = _parse()
+    assert (args.members, args.steps, args.ewc, args.lr) == (
+        ReconstructionConfig().members,
+        FinetuneConfig().steps,
+        FinetuneConfig().ewc_lambda,
+        FinetuneConfig().lr,
+    )
+
+
+def test_input_threshold_and_mesh_level_are_two_options():
+    binarised = _parse("--threshold", "0.3")
+    assert binarised.threshold == 0.3 and config_from_args(binarised).threshold == 0.5  # the input only
+    level = _parse("--level", "0.3")
+    assert level.threshold is None and config_from_args(level).threshold == 0.3  # the mesh only
+    config = config_from_args(_parse("--steps", "7", "--ewc", "0", "--members", "2", "--seed", "5"))
+    assert (config.finetune.steps, config.finetune.ewc_lambda, config.members, config.seed) == (7, 0.0, 2, 5)
+
+
+@pytest.mark.parametrize(
+    "field, option",
+    [
+        ("finetune.ewc_lambda", "--ewc"),
+        ("finetune.steps", "--steps"),
+        ("resolution_mm", "--resolution"),
+        ("threshold", "--level"),
+        ("members", "--members"),
+        ("empty_slices", "--empty-slices"),
+        ("grid_size", "--grid"),
+        ("batch_size", "--batch-size"),
+    ],
+)
+def test_config_errors_name_the_option(field, option):
+    error = ConfigError(field, "must be a finite number >= 0", math.inf)
+    assert cli_wording(error) == f"{option} must be a finite number >= 0, got inf"
+
+
+def test_a_nested_field_error_names_the_option(capsys):
+    with pytest.raises(ConfigError) as info:
+        config_from_args(_parse("--steps", "-3"))
+    assert info.value.field == "finetune.steps"
+    assert cli_setting("empty_slices", "background") == "--empty-slices background"
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--grid", "3"], "--grid must be an integer from 4 to 256, got 3"),
+        (["--lr", "inf"], "--lr must be a finite number in (0, 10], got inf"),
+    ],
+)
+def test_pretrain_refuses_bad_settings_before_any_work(tmp_path, capsys, argv, words):
+    assert main(["pretrain", "--out", str(tmp_path / "p.safetensors"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1
+    assert not (tmp_path / "p.safetensors").exists()
+
+
+def test_benchmarks_are_not_a_subcommand(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "paper"])
+    assert info.value.code == 2

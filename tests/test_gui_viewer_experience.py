@@ -1,0 +1,377 @@
+"""What a napari user meets (issue 12): inputs offered the right way, Run/Cancel, state that follows the
+selection, readable result layers, names and colours, orientation, and a dock that fits the screen."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_dropsembles.core.input_kind import classify_volume
+from napari_dropsembles.core.io import write_volume
+from napari_dropsembles.core.volume import Volume, affine_from_spacing
+
+from . import gui_support
+from .conftest import sphere_volume
+from .gui_support import add_volume, requires_gui, tiny_settings, two_spheres
+
+viewer = gui_support.viewer  # fixtures
+notifications = gui_support.notifications
+tiny_prior_path = gui_support.tiny_prior_path
+
+pytestmark = [requires_gui, pytest.mark.gui]
+PLUGIN, WIDGET = "napari-dropsembles", "Reconstruct with uncertainty"
+
+
+@pytest.fixture
+def sync_workers(monkeypatch):
+    monkeypatch.setenv("DROPSEMBLES_SYNC_WORKERS", "1")
+
+
+def open_widget(viewer):
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    return widget
+
+
+def combo_texts(combo) -> list[str]:
+    return [combo.native.itemText(i) for i in range(combo.native.count())]
+
+
+def by_role(viewer) -> dict:
+    from napari_dropsembles._gui.layers import role_of
+
+    return {role_of(layer): layer for layer in viewer.layers if role_of(layer)}
+
+
+def ct_like(spacing=(2.0, 2.0, 2.0)) -> Volume:
+    """Hounsfield units: air, soft tissue with noise (thousands of distinct values), a bright bone ball."""
+    rng = np.random.default_rng(0)
+    shape = (24, 22, 20)
+    data = np.full(shape, -1000, np.int32)
+    data[3:-3, 3:-3, :] = rng.integers(-100, 100, (shape[0] - 6, shape[1] - 6, shape[2]))
+    volume = Volume(data, affine_from_spacing(spacing, (-24.0, -22.0, -20.0)))
+    inside = np.linalg.norm(volume.voxel_centres_mm() - np.array([0.0, 0.0, 0.0]), axis=1).reshape(shape) < 9
+    data[inside] = 700 + rng.integers(0, 400, int(inside.sum()))
+    return volume
+
+
+# --------------------------------------------------------------------------- bug 1: what the input is
+
+
+def test_classifier_tells_intensity_images_from_label_maps():
+    ct = classify_volume(ct_like().data)
+    assert ct.kind == "intensity" and ct.level == 200.0 and not ct.labels
+    mri = classify_volume(np.random.default_rng(1).random((10, 10, 10)).astype(np.float32))
+    assert mri.kind == "intensity" and 0.2 < mri.level < 0.8  # Otsu
+    labels = classify_volume(two_spheres(labels=(2, 5)).data.astype(np.float64))  # a label map saved as float
+    assert labels.kind == "labels" and labels.labels == (2, 5)
+    assert classify_volume(np.zeros((4, 4, 4), np.uint8)).reason.startswith("it is empty")
+    assert "2D" in classify_volume(np.zeros((4, 4))).reason
+
+
+def test_a_ct_image_goes_the_threshold_path_with_a_mask_preview_and_runs(viewer, tiny_prior_path, sync_workers):
+    from napari_dropsembles._gui.state import RunState
+
+    ct = ct_like()
+    layer = add_volume(viewer, ct, "CT", kind="image")
+    widget = open_widget(viewer)
+    tiny_settings(widget, tiny_prior_path)
+    widget.input.value = layer
+    assert widget.use_image_threshold.value and widget.image_threshold.value == 200.0
+    assert combo_texts(widget.label) == ["(thresholded image)"]  # never a list of intensity values
+    preview = by_role(viewer)["mask_preview"]
+    assert np.array_equal(preview.data, ct.data >= 200) and preview.contour > 0
+    assert np.allclose(preview.scale, layer.scale) and np.allclose(preview.translate, layer.translate)
+    assert widget.run_panel.button.isEnabled()
+    widget.image_threshold.value = 5000.0  # nothing reaches it: Run is unavailable and says why
+    widget._update_mask_preview()
+    assert not widget.run_panel.button.isEnabled() and "5000" in widget.run_panel.message.text()
+    widget.image_threshold.value = 200.0
+    widget.use_image_threshold.value = False  # an intensity image needs the threshold
+    assert not widget.run_panel.button.isEnabled() and "Threshold image" in widget.run_panel.button.toolTip()
+    widget.use_image_threshold.value = True
+    widget.run()
+    assert widget.status.state is RunState.DONE, widget.status.message
+    assert "mask_preview" not in by_role(viewer)  # the result outline takes its place
+
+
+def test_unusable_inputs_disable_run_with_the_reason(viewer):
+    widget = open_widget(viewer)
+    flat = viewer.add_image(np.ones((20, 20), np.float32), name="flat")
+    widget.input.value = flat
+    assert not widget.run_panel.button.isEnabled()
+    assert "2D data" in widget.run_panel.message.text()
+    sphere = add_volume(viewer, sphere_volume(), "sphere")
+    widget.input.value = sphere
+    assert widget.run_panel.button.isEnabled() and widget.label.value == "binary"
+
+
+def test_a_label_map_lists_its_labels_with_names_and_defaults_to_each(viewer):
+    layer = add_volume(viewer, two_spheres(labels=(2, 5)), "spine")
+    layer.metadata["label_names"] = {2: "L1", 5: "L2"}
+    widget = open_widget(viewer)
+    widget.input.value = layer
+    texts = combo_texts(widget.label)
+    assert "L1 (2)" in texts and "L2 (5)" in texts and widget.label.value == "each"
+
+
+# --------------------------------------------------------------------------- bug 2: threshold during a run
+
+
+def test_a_threshold_moved_during_a_run_applies_to_the_new_result(viewer, tiny_prior_path, qtbot, monkeypatch):
+    sphere = add_volume(viewer, sphere_volume(), "sphere")
+    widget = open_widget(viewer)
+    tiny_settings(widget, tiny_prior_path, steps=2)
+    widget.input.value = sphere
+    widget.sync = True
+    widget.run()
+    mesh = by_role(viewer)["mesh"]
+    first_faces = len(mesh.data[1])
+    widget.sync = False
+    widget.steps.value = 40
+    task = widget.run()
+    remeshed = []
+    monkeypatch.setattr(widget, "_apply_remesh", lambda output, original=widget._apply_remesh: (
+        remeshed.append((widget.status.running, output.threshold)), original(output)))
+    widget.threshold.setValue(0.3)
+    qtbot.wait(100)
+    if widget.status.running:
+        assert not remeshed and len(mesh.data[1]) == first_faces  # the old result is left alone
+    qtbot.waitUntil(lambda: not task.running and not widget.status.running, timeout=30000)
+    qtbot.waitUntil(lambda: widget.last_remesh is not None and widget.last_remesh.step_size == 1, timeout=10000)
+    assert widget.threshold.value() == pytest.approx(0.3)  # the user's value is kept
+    assert widget.last_remesh.threshold == pytest.approx(0.3) and all(not running for running, _ in remeshed)
+    assert mesh.metadata["dropsembles"]["threshold"] == pytest.approx(0.3)
+
+
+# --------------------------------------------------------------------------- bug 3: Run and Cancel
+
+
+def test_a_double_click_on_run_starts_one_run_and_cancels_nothing(viewer, tiny_prior_path, qtbot, monkeypatch):
+    from napari_dropsembles._gui.state import RunState
+
+    monkeypatch.delenv("DROPSEMBLES_SYNC_WORKERS", raising=False)
+    sphere = add_volume(viewer, sphere_volume(), "sphere")
+    widget = open_widget(viewer)
+    tiny_settings(widget, tiny_prior_path, steps=5000)
+    widget.input.value = sphere
+    panel = widget.run_panel
+    assert panel.button is not panel.cancel_button and not panel.cancel_button.isEnabled()
+    panel.button.click()
+    task = widget.task
+    panel.button.click()  # the second click of a double-click: Run is disabled while running
+    assert widget.task is task and task.running and widget.status.running
+    assert not widget.runner.cancel()  # a Cancel within a double-click of Run is ignored
+    qtbot.waitUntil(lambda: widget.status.steps_seen >= 3, timeout=20000)
+    qtbot.wait(450)
+    panel.cancel_button.click()
+    qtbot.waitUntil(lambda: not task.running, timeout=20000)
+    assert widget.status.state is RunState.CANCELLED and panel.loss_curve.losses  # the curve is kept
+
+
+# --------------------------------------------------------------------------- bug 4: menu, toasts, selection, progress
+
+
+def test_menu_title_names_the_plugin_once(viewer):
+    from napari._app_model import get_app_model
+
+    title = get_app_model().commands["napari-dropsembles.reconstruct_selected_layer"].title
+    assert title.count("Dropsembles") <= 1 and "(Dropsembles) (Dropsembles)" not in title
+
+
+def test_cpu_runs_warn_in_the_status_line_only(viewer, tiny_prior_path, sync_workers, notifications, monkeypatch):
+    from napari.utils.notifications import NotificationSeverity
+
+    sphere = add_volume(viewer, sphere_volume(), "sphere")
+    widget = open_widget(viewer)
+    tiny_settings(widget, tiny_prior_path)
+    widget.device.value = "auto"
+    widget.input.value = sphere
+    widget.run()
+    assert not [n for n in notifications if n.severity == NotificationSeverity.WARNING]
+    assert "CPU" in widget.device_info.text() or "CPU" in widget.result_info.text()
+
+
+def test_the_live_preview_leaves_the_layer_selection_alone(viewer, tiny_prior_path, qtbot, monkeypatch):
+    from napari_dropsembles._gui import reconstruct
+
+    monkeypatch.delenv("DROPSEMBLES_SYNC_WORKERS", raising=False)
+    monkeypatch.setattr(reconstruct, "PREVIEW_INTERVAL_S", 0.01)
+    sphere = add_volume(viewer, sphere_volume(), "sphere")
+    viewer.layers.selection.active = sphere
+    widget = open_widget(viewer)
+    tiny_settings(widget, tiny_prior_path, steps=5000)
+    widget.live_preview.value = True
+    widget.input.value = sphere
+    task = widget.run()
+    qtbot.waitUntil(lambda: widget._preview_layer is not None, timeout=20000)
+    assert viewer.layers.selection.active is sphere and set(viewer.layers.selection) == {sphere}
+    qtbot.wait(450)
+    widget.cancel()
+    qtbot.waitUntil(lambda: not task.running, timeout=20000)
+
+
+def test_progress_text_gives_the_percentage_and_the_time_left():
+    from napari_dropsembles._gui.state import RunStatus
+    from napari_dropsembles.core.progress import Progress
+
+    status = RunStatus()
+    status.start("pretraining")
+    status.report(Progress("pretrain", 1, 4), fraction=0.25)
+    assert status.progress_text(now=status.started_s + 1.0) == "25%"  # too early to estimate
+    assert status.progress_text(now=status.started_s + 120.0) == "25% · about 6 min left"
+    status.report(Progress("pretrain", 16, 1000), fraction=0.016)
+    assert status.progress_text(now=status.started_s + 120.0) == "2% · about 2 h 03 min left"
+
+
+# --------------------------------------------------------------------------- item 7: state of the selected input
+
+
+def test_result_views_describe_the_selected_input(viewer, tiny_prior_path, sync_workers):
+    first = add_volume(viewer, sphere_volume(), "first")
+    second = add_volume(viewer, sphere_volume(radius_mm=8, centre_mm=(40.0, 0.0, 0.0)), "second")
+    widget = open_widget(viewer)
+    tiny_settings(widget, tiny_prior_path)
+    widget.input.value = first
+    widget.run()
+    assert widget.table.rowCount() == 1 and widget.threshold.isEnabled()
+    widget.input.value = second
+    assert widget.current is None and widget.table.rowCount() == 0
+    assert not widget.threshold.isEnabled() and "no result" in widget.result_info.text()
+    widget.input.value = first
+    assert widget.current is not None and widget.table.rowCount() == 1 and widget.threshold.isEnabled()
+
+
+# --------------------------------------------------------------------------- item 8: readable result layers
+
+
+def test_result_layers_are_readable_in_2d_and_3d(viewer, tiny_prior_path, sync_workers):
+    sphere = add_volume(viewer, sphere_volume(), "sphere")
+    widget = open_widget(viewer)
+    tiny_settings(widget, tiny_prior_path)
+    widget.input.value = sphere
+    widget.run()
+    layers = by_role(viewer)
+    assert not layers["mean"].visible  # no grey wash over the image
+    assert layers["thresholded"].visible and layers["thresholded"].contour > 0  # an outline
+    assert layers["variance"].visible and layers["variance"].colorbar.visible
+    assert not layers["mesh"].visible and layers["mesh"].colorbar.visible
+    assert "p²" in layers["variance"].name  # the colour bar's unit
+    viewer.dims.ndisplay = 3
+    assert layers["mesh"].visible and not layers["variance"].visible and not layers["thresholded"].visible
+    viewer.dims.ndisplay = 2
+    assert layers["variance"].visible and not layers["mesh"].visible
+
+
+# --------------------------------------------------------------------------- item 9: names and colours
+
+
+def test_structures_have_names_colours_and_a_row_click_highlights_one(viewer, tiny_prior_path, sync_workers):
+    spine = add_volume(viewer, two_spheres(labels=(2, 5)), "spine")
+    spine.features = {"index": [2, 5], "name": ["L1", "L2"]}
+    widget = open_widget(viewer)
+    tiny_settings(widget, tiny_prior_path)
+    widget.input.value = spine
+    widget.label.value = "each"
+    widget.run()
+    table = widget.table
+    assert [table.item(i, 0).text() for i in range(2)] == ["L1", "L2"]
+    from qtpy.QtCore import Qt
+
+    swatch = table.item(1, 0).data(Qt.ItemDataRole.DecorationRole)
+    assert np.allclose([swatch.redF(), swatch.greenF(), swatch.blueF()], spine.get_color(5)[:3], atol=0.01)
+    thresholded = by_role(viewer)["thresholded"]
+    assert np.allclose(thresholded.get_color(5), spine.get_color(5))  # the same colour as the input's label
+    table.cellClicked.emit(1, 0)
+    assert thresholded.selected_label == 5 and thresholded.show_selected_label
+    table.item(0, 0).setText("first lumbar")  # names can be edited and are kept
+    assert table.names[2] == "first lumbar"
+
+
+# --------------------------------------------------------------------------- item 10: orientation
+
+
+def test_a_nifti_scan_is_shown_the_radiologists_way_in_the_same_world(viewer, tmp_path):
+    from napari_dropsembles._gui.layers import viewing_order
+
+    volume = sphere_volume(spacing_mm=(1.0, 1.0, 4.0))
+    path = tmp_path / "thick.nii.gz"
+    write_volume(path, volume, dtype=np.uint8)
+    [layer] = viewer.open(str(path), plugin=PLUGIN)
+    before = np.asarray(layer.data_to_world((3, 4, 5)))
+    widget = open_widget(viewer)
+    widget.input.value = layer
+    assert tuple(viewer.dims.order)[0] == 2  # the 4 mm axis is on the slider
+    assert tuple(viewer.camera.orientation) == ("towards", "up", "left")
+    assert np.allclose(layer.data_to_world((3, 4, 5)), before)  # world mm unchanged
+    assert np.allclose(layer.data_to_world((3, 4, 5)), volume.index_to_world(np.array([[3, 4, 5]]))[0])
+    assert viewing_order(np.diag([3.0, 3.0, 3.0, 1.0])) == (2, 1, 0)  # isotropic: axial
+    assert viewing_order(np.diag([5.0, 1.0, 1.0, 1.0])) == (0, 2, 1)  # sagittal slices: superior up
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def test_the_docks_fit_1280_by_800_and_the_table_needs_no_sideways_scroll(make_napari_viewer, qtbot):
+    from qtpy.QtWidgets import QApplication
+
+    from napari_dropsembles._gui.tasks import ReconstructOutput
+    from napari_dropsembles.core.structures import StructureRow
+
+    gui_support.register_plugin()
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(1280, 800)
+    widgets = [viewer.window.add_plugin_dock_widget(PLUGIN, name)[1]
+               for name in (WIDGET, "Train a prior", "Evaluate against ground truth")]
+    for _ in range(10):
+        QApplication.processEvents()
+    qtbot.wait(100)
+    assert window.width() <= 1280 and window.height() <= 800, (window.width(), window.height())
+    reconstruct = widgets[0]
+    assert not reconstruct.advanced.isExpanded()  # seed, spacing, device, ... tucked away
+    rows = [StructureRow(label=22, volume_ml=41.23, volume_ml_std=0.51, band_variance=0.0123, centre_mm=(0, 0, 0),
+                         flagged=True, reason="volume spread 3x the median"),
+            StructureRow(label=23, volume_ml=35.0, volume_ml_std=0.2, band_variance=0.0021, centre_mm=(0, 0, 0))]
+    reconstruct.table.set_rows(rows, {22: "vertebra L1", 23: "vertebra T12"})
+    reconstruct.table.show()
+    for _ in range(5):
+        QApplication.processEvents()
+    table = reconstruct.table
+    header = table.horizontalHeader()
+    assert table.horizontalScrollBar().maximum() == 0
+    flag = len(table.HEADERS) - 1
+    assert header.sectionViewportPosition(flag) + header.sectionSize(flag) <= table.viewport().width() + 1
+    assert table.item(0, flag).text() == "⚠" and "spread" in table.item(0, flag).toolTip()
+    assert ReconstructOutput  # the table is what a result fills
+
+
+def test_the_mesh_can_be_coloured_by_structure_and_a_row_click_highlights_one(
+    viewer, tiny_prior_path, sync_workers, qtbot
+):
+    from napari_dropsembles.core.vertex_labels import vertex_labels
+
+    spine = add_volume(viewer, two_spheres(labels=(2, 5)), "spine")
+    widget = open_widget(viewer)
+    tiny_settings(widget, tiny_prior_path, spacing_mm=2.0)
+    widget.input.value = spine
+    widget.label.value = "each"
+    widget.run()
+    mesh = by_role(viewer)["mesh"]
+    assert mesh.vertex_colors is None  # by variance (colormap) by default
+    widget.mesh_colour.setCurrentText("structure")
+    mean = widget.current.structures.mean.data  # an untrained prior: a level where both have a surface
+    level = round(float(np.median(mean[mean > mean.min() + 0.5 * (mean.max() - mean.min())])), 2)
+    widget.threshold.setValue(level)
+    qtbot.waitUntil(lambda: widget.last_remesh is not None and widget.last_remesh.step_size == 1, timeout=5000)
+    colours = np.asarray(mesh.vertex_colors)
+    structures = widget.current.structures
+    vertices_mm = np.asarray(mesh.data[0]) * np.asarray(mesh.scale) + np.asarray(mesh.translate)
+    labels = vertex_labels(structures.owner, structures.mean, vertices_mm)
+    assert set(np.unique(labels)) == {2, 5} and colours.shape == (len(labels), 4)
+    assert np.allclose(colours[labels == 5][0], spine.get_color(5), atol=1e-3)  # the input's colour
+    widget._select_row(1)  # label 5 selected: label 2 dimmed
+    dimmed = np.asarray(mesh.vertex_colors)
+    assert np.allclose(dimmed[labels == 5][0], spine.get_color(5), atol=1e-3)
+    assert dimmed[labels == 2][0, :3].sum() < 0.5 * colours[labels == 2][0, :3].sum()
+    widget.mesh_colour.setCurrentText("variance")
+    assert mesh.vertex_colors is None

@@ -1,0 +1,77 @@
+"""Methods are objects in one table: each builds, fine-tunes and finishes its members; a new one is one class."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_dropsembles.core import methods
+from napari_dropsembles.core.config import FinetuneConfig, ReconstructionConfig
+from napari_dropsembles.core.errors import ConfigError, InputError
+from napari_dropsembles.core.frame import make_case
+from napari_dropsembles.core.methods import METHODS, REGISTRY, Method, check_prior, fit_steps, get_method
+from napari_dropsembles.core.progress import drive
+
+from .conftest import TINY, make_tiny_prior, sphere_volume
+
+QUICK = FinetuneConfig(steps=2, points_per_step=128)
+
+
+def test_the_table_names_every_method_once():
+    assert METHODS == ("dropsembles", "mc_dropout", "deep_ensemble", "single")
+    assert all(REGISTRY[name].name == name for name in METHODS)
+    with pytest.raises(InputError, match="unknown method 'bagging'"):
+        get_method("bagging")
+
+
+@pytest.mark.parametrize(
+    "method, members, masked, trained",
+    [("dropsembles", 3, True, 3), ("mc_dropout", 3, True, 1), ("deep_ensemble", 2, False, 2), ("single", 3, False, 1)],
+)
+def test_each_method_builds_and_finishes_its_own_members(method, members, masked, trained):
+    prior = make_tiny_prior(models=2)
+    recipe = get_method(method)
+    effective = recipe.effective_members(members)
+    generator = torch.Generator().manual_seed(0)
+    sources = recipe.sources(prior, effective)
+    decoder, anchor, fisher = recipe.build(TINY, sources, effective, generator)
+    assert decoder.members == trained
+    assert anchor.keys() == fisher.keys() and anchor["fc_p_w"].shape[0] == len(sources)
+    tuned = recipe.finetune_config(QUICK, TINY)
+    assert tuned.random_dropout == (TINY.dropout if method == "mc_dropout" else 0.0)
+    final = recipe.finish(decoder, TINY, effective, generator)
+    assert final.members == effective
+    assert bool((final.member_masks != 1).any()) == masked
+
+
+def test_a_deep_ensemble_needs_one_pretrained_model_per_member():
+    config = ReconstructionConfig(method="deep_ensemble", members=3)
+    with pytest.raises(InputError, match="needs 3 independently pretrained models"):
+        check_prior(config, make_tiny_prior(models=2))
+    check_prior(config, make_tiny_prior(models=3))
+
+
+class _FirstTwoMasked(Method):
+    """A member-diversity scheme written as one class: masks on the first two members only."""
+
+    name = "first_two_masked"
+
+    def build(self, config, sources, members, generator):
+        decoder, anchor, fisher = super().build(config, sources, members, generator)
+        masks = torch.ones(members, config.blocks, config.hidden)
+        masks[:2, :, ::2] = 0.0
+        decoder.set_masks(masks)
+        return decoder, anchor, fisher
+
+
+def test_a_new_method_is_one_class_in_the_table(monkeypatch):
+    monkeypatch.setitem(REGISTRY, "first_two_masked", _FirstTwoMasked())
+    monkeypatch.setattr(methods, "METHODS", (*METHODS, "first_two_masked"))
+    config = ReconstructionConfig(method="first_two_masked", members=3, finetune=QUICK)
+    fitted = drive(fit_steps(make_case(sphere_volume(), TINY), make_tiny_prior(), config))
+    assert fitted.method == "first_two_masked" and fitted.members == 3
+    masks = fitted.decoder.member_masks
+    assert (masks[:2, :, ::2] == 0).all() and (masks[2] == 1).all()
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="method"):
+        ReconstructionConfig(method="first_two_masked")

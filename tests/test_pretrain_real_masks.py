@@ -1,0 +1,64 @@
+"""Pretraining on folders of real dense masks: small masks, empty files, mixing with procedural shapes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_dropsembles.core.config import PretrainConfig
+from napari_dropsembles.core.data import MaskShape
+from napari_dropsembles.core.data.vertebra import Vertebra
+from napari_dropsembles.core.errors import InputError
+from napari_dropsembles.core.io import read_volume, write_volume
+from napari_dropsembles.core.pretrain import make_training_sample, shape_source, shapes_from_folder
+from napari_dropsembles.core.volume import Volume, affine_from_spacing
+
+from .conftest import TINY
+
+REAL = Path(__file__).parents[1] / "bench" / "data" / "real"
+
+
+def test_a_small_real_mask_gets_a_slicing_that_keeps_foreground():
+    rib = MaskShape(read_volume(REAL / "rib_left_12.nii.gz"))  # 141 voxels of 3 mm: often missed by thick slices
+    config = PretrainConfig(points_per_sample=256, slice_factors=(3.0, 5.0), in_plane_mm=(2.5, 3.0))
+    for seed in range(6):
+        grid, points, labels = make_training_sample(rib, np.random.default_rng(seed), TINY, config)
+        assert grid[0].sum() > 0 and len(points) == len(labels) == 256
+
+
+def test_a_mask_too_small_for_any_slicing_is_named():
+    data = np.zeros((9, 9, 9), dtype=np.uint8)
+    data[4, 4, 4] = 1
+    dot = MaskShape(Volume(data, affine_from_spacing((0.2, 0.2, 0.2))))
+    dot.name = "dot.nii.gz"
+    config = PretrainConfig(points_per_sample=64, slice_factors=(5.0, 5.0), in_plane_mm=(1.4, 1.5))
+    with pytest.raises(InputError, match="dot.nii.gz"):
+        make_training_sample(dot, np.random.default_rng(0), TINY, config)
+
+
+def test_an_empty_mask_in_the_training_folder_is_named(tmp_path):
+    good = read_volume(REAL / "vertebrae_T12.nii.gz")
+    write_volume(tmp_path / "t12.nii.gz", good, dtype=np.uint8)
+    write_volume(tmp_path / "blank.nii.gz", good.with_data(np.zeros(good.shape, np.uint8)), dtype=np.uint8)
+    with pytest.raises(InputError, match=r"blank\.nii\.gz"):
+        shapes_from_folder(tmp_path)
+    (tmp_path / "blank.nii.gz").unlink()
+    shapes = shapes_from_folder(tmp_path)
+    assert [s.name for s in shapes] == ["t12.nii.gz"]
+
+
+def test_real_masks_mix_with_procedural_vertebrae():
+    shapes = [MaskShape(read_volume(REAL / "vertebrae_T12.nii.gz"))]
+    rng = np.random.default_rng(0)
+    only_real = shape_source(shapes, 0, 0, procedural_share=0.0)
+    assert all(only_real(rng) is shapes[0] for _ in range(5))
+    only_procedural = shape_source(shapes, 0, 0, procedural_share=1.0)
+    assert all(isinstance(only_procedural(rng), Vertebra) for _ in range(3))
+    mixed = shape_source(shapes, 0, 0, procedural_share=0.5)
+    drawn = [mixed(rng) for _ in range(40)]
+    real = sum(d is shapes[0] for d in drawn)
+    assert 8 < real < 32
+    with pytest.raises(InputError):
+        PretrainConfig(procedural_share=1.5)
