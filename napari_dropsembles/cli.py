@@ -699,21 +699,32 @@ class Terminated(BaseException):
     """SIGTERM, raised in the main thread so that temporaries are removed on the way out."""
 
 
+_MAIN_PID = os.getpid()
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
+    if os.getpid() != _MAIN_PID:  # a forked worker (the training-sample pool): end as SIGTERM always did
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     raise Terminated()
 
 
-def _prepare_process() -> None:
+def _prepare_process() -> object:
     """Closed standard descriptors (``2>&-``) get /dev/null, so that no file we open becomes fd 2 and
-    takes stray library output; SIGTERM unwinds like Ctrl-C (temporaries removed, exit 143)."""
+    takes stray library output; SIGTERM unwinds like Ctrl-C (temporaries removed, exit 143).
+    Returns the SIGTERM handler it replaced (None when it did not replace one)."""
     for fd in (0, 1, 2):
         try:
             os.fstat(fd)
         except OSError:
             os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
+    global _MAIN_PID
     if threading.current_thread() is threading.main_thread():
+        _MAIN_PID = os.getpid()
         with contextlib.suppress(ValueError, OSError):
-            signal.signal(signal.SIGTERM, _on_sigterm)
+            return signal.signal(signal.SIGTERM, _on_sigterm)
+    return None
 
 
 def _os_error_line(error: OSError) -> str:
@@ -730,9 +741,18 @@ def _broken_stdout() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    previous = _prepare_process()
+    try:
+        return _main(argv)
+    finally:  # main() called from Python (tests, demo, a notebook) leaves SIGTERM as it found it
+        if previous is not None:
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from .core.budget import memory_limit, output_voxel_limit
 
-    _prepare_process()
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]

@@ -43,3 +43,27 @@ def test_any_array_is_a_mask_or_refused(data):
     except InputError as error:
         assert_one_line(error)
         assert data.dtype != np.bool_ and not np.all((data == 0) | (data == 1))
+
+
+@PROPERTY
+@given(
+    matrix=hnp.arrays(
+        np.float64, (4, 4), elements=st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.0, 1.0, -1.0])
+    )
+)
+def test_volume_takes_only_a_usable_affine(matrix):
+    """A Volume's affine is finite with non-zero spacing and independent axes, else one InputError line."""
+    try:
+        volume = Volume(np.zeros((2, 2, 2), np.uint8), matrix)
+    except InputError as error:
+        assert_one_line(error)
+        return
+    assert np.all(np.isfinite(volume.affine)) and np.all(volume.spacing > 0)
+    assert abs(np.linalg.det(volume.affine[:3, :3])) > 0
+
+
+@pytest.mark.parametrize("affine", [np.zeros((4, 4)), np.diag([1.0, 1.0, np.nan, 1.0]), np.ones((3, 3)), "eye"])
+def test_volume_refuses_a_singular_or_malformed_affine(affine):
+    with pytest.raises(InputError) as caught:
+        Volume(np.zeros((2, 2, 2)), affine)
+    assert_one_line(caught.value)

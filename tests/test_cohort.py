@@ -245,3 +245,35 @@ def test_local_cluster_survives_a_killed_worker_with_serial_outputs(cohort, tmp_
     assert not [p for p in (out / "cases").iterdir() if p.name.startswith(".")]  # no half-written folder left
     for task in tasks:
         same_outputs(case_dir(serial, task.task_id), case_dir(out, task.task_id))
+
+
+@pytest.mark.parametrize(("gpu", "expected"), [(True, 1), (False, 2)])
+def test_tasks_that_claim_a_gpu_never_share_one(cohort, tmp_path, monkeypatch, gpu, expected):
+    """One worker with two threads and one GPU: GPU tasks run one at a time, CPU tasks two at a time."""
+    distributed = pytest.importorskip("distributed")
+    from napari_dropsembles.core.cohort import task as task_module
+
+    inputs, prior = cohort
+    tasks = plan_tasks(read_manifest(inputs), TINY_CASE, priors=[prior], gpu=gpu)[:4]
+    running, most = [0], [0]
+    lock = threading.Lock()
+    reconstruct_into = task_module._reconstruct_into
+
+    def counting(*args):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.3)  # long enough for a second task to start if it may
+            return reconstruct_into(*args)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(task_module, "_reconstruct_into", counting)
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, resources={"GPU": 1}, dashboard_address=":0"
+    ) as cluster, distributed.Client(cluster) as client:
+        result = run_cohort(tasks, tmp_path / "out", client=client)
+    assert result.count("done") == 4
+    assert most[0] == expected

@@ -75,10 +75,15 @@ def test_cancel_stops_before_the_next_case(batch, monkeypatch):
     assert batch.run_button.text() == "Run"
 
 
-def test_missing_folder_is_one_clear_line(batch):
+def test_missing_or_empty_folder_is_one_clear_line(batch, tmp_path):
     batch.inputs.value = ""
     batch.run()
     assert batch.state == "failed" and "choose the cases" in batch.status.text()
+    (tmp_path / "empty").mkdir()
+    batch.inputs.value = tmp_path / "empty"
+    batch.run()
+    assert batch.state == "failed" and "no observation volume" in batch.status.text()
+    assert batch.run_button.text() == "Run"
 
 
 @pytest.mark.slow

@@ -339,14 +339,14 @@ def test_empty_slices_between_labelled_ones_are_reported_and_the_reading_is_a_ch
     widget.input.value = layer
     assert widget.empty_slices.value == "unobserved" and widget.config().empty_slices == "unobserved"
     widget.run()
-    line = widget.result_info.text()  # the result line says it (toasts cut long notes off)
+    line = widget.notes_info.text()  # the result's notes say it (toasts cut long notes off)
     assert "2 empty slice(s)" in line and "not annotated" in line and "'Empty slices'" in line, line
     assert widget.current.structures.results[1].unobserved_slices == (5, 7)
     notifications.clear()
     widget.empty_slices.value = "background"
     widget.run()
     assert widget.current.structures.results[1].unobserved_slices == ()
-    assert "empty slice" not in widget.result_info.text()
+    assert "empty slice" not in widget.notes_info.text()
 
 
 def test_opening_the_widget_warms_up_a_run_off_the_gui_thread(viewer, qtbot):

@@ -49,6 +49,10 @@ def test_a_deep_ensemble_needs_one_pretrained_model_per_member():
     with pytest.raises(InputError, match="needs 3 independently pretrained models"):
         check_prior(config, make_tiny_prior(models=2))
     check_prior(config, make_tiny_prior(models=3))
+    with pytest.raises(InputError, match="the prior must be a Prior"):
+        check_prior(config, None)
+    with pytest.raises(InputError, match="the config must be a ReconstructionConfig"):
+        check_prior({"members": 3}, make_tiny_prior())
 
 
 class _FirstTwoMasked(Method):
@@ -75,3 +79,15 @@ def test_a_new_method_is_one_class_in_the_table(monkeypatch):
     monkeypatch.undo()
     with pytest.raises(ConfigError, match="method"):
         ReconstructionConfig(method="first_two_masked")
+
+
+def test_a_fitted_ensemble_answers_the_same_whatever_the_chunk():
+    config = ReconstructionConfig(members=2, finetune=QUICK)
+    fitted = drive(fit_steps(make_case(sphere_volume(), TINY), make_tiny_prior(), config))
+    rng = torch.Generator().manual_seed(1)
+    points_mm = (torch.rand(500, 3, generator=rng).numpy() - 0.5) * fitted.frame.scale_mm * 1.2 + fitted.frame.centre_mm
+    whole = fitted.predict(points_mm)
+    assert whole.shape == (2, 500) and ((whole >= 0) & (whole <= 1)).all()
+    outside = (abs(fitted.frame.to_normalised(points_mm)) >= 0.5).any(1)
+    assert outside.any() and (whole[:, outside] == 0).all()  # outside the cube: not queried
+    torch.testing.assert_close(torch.from_numpy(fitted.predict(points_mm, chunk=7)), torch.from_numpy(whole))

@@ -6,7 +6,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -150,3 +153,25 @@ def test_empty_out_is_refused(case, command):
     argv = [{"OBS": str(case["obs"]), "OUT": str(case["out"]), "GT": str(case["gt"])}.get(a, a) for a in command]
     code, err = _run([*argv, "--out", ""])
     assert code == 2 and "--out" in err
+
+
+def test_library_logs_do_not_add_lines(case, tmp_path):
+    """nibabel's and tifffile's own log lines (a zero pixdim, broken ImageJ metadata) stay out of stderr."""
+    import nibabel as nib
+    import tifffile
+
+    image = nib.Nifti1Image(np.pad(np.ones((3, 3, 3), np.uint8), 2), None)
+    image.header.set_qform(None, code=0)
+    image.header.set_sform(None, code=0)
+    nib.save(image, tmp_path / "zero.nii")
+    raw = bytearray((tmp_path / "zero.nii").read_bytes())
+    raw[80:84] = np.float32(0).tobytes()  # pixdim[1] = 0
+    (tmp_path / "zero.nii").write_bytes(bytes(raw))
+    tifffile.imwrite(tmp_path / "odd.tif", np.zeros((3, 1, 1), np.uint8), imagej=True)
+    for name in ("zero.nii", "odd.tif"):  # a subprocess: in pytest, its log capture would hide the lines
+        done = subprocess.run(
+            [sys.executable, "-m", "napari_dropsembles.cli", "reconstruct", str(tmp_path / name), "--out",
+             str(tmp_path / "o"), "--prior", str(case["prior"]), "--quiet"],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -142,3 +142,13 @@ def test_default_maps_lie_on_the_observation_grid_and_score_as_the_report_says(p
     on_truth = reconstruct(observation, prior, QUICK, target=(truth.affine, truth.shape))
     reported = score_maps(on_truth.maps, truth, on_truth.fitted.members)["dice"]
     assert dice(placed >= 0.5, truth.data > 0) == pytest.approx(reported, abs=0.01)
+
+
+def test_the_thick_axis_becomes_the_frames_last_axis_whatever_its_voxel_axis(truth):
+    from napari_dropsembles.core.frame import frame_from_observation
+
+    for axis in (0, 1, 2):
+        frame = frame_from_observation(keep_every_kth_slice(truth, 3, axis=axis))
+        np.testing.assert_allclose(np.abs(frame.rotation[:, 2]), np.eye(3)[axis], atol=1e-12)
+    isotropic = frame_from_observation(truth)
+    np.testing.assert_allclose(isotropic.rotation, np.eye(3), atol=1e-12)  # world-aligned

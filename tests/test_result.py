@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from napari_dropsembles.core.config import FinetuneConfig, ReconstructionConfig
-from napari_dropsembles.core.errors import InputError
+from napari_dropsembles.core.errors import ConfigError, InputError
 from napari_dropsembles.core.pipeline import reconstruct
 from napari_dropsembles.core.result import read_reconstruction
 
@@ -77,3 +77,14 @@ def test_a_damaged_report_is_one_clear_line(saved, tmp_path, report, words):
     with pytest.raises(InputError, match=words) as info:
         read_reconstruction(damaged)
     assert_one_line(info.value)
+
+
+def test_remeshing_checks_the_level_and_the_member(saved):
+    result, _ = saved
+    assert result.remesh(0.4).faces.shape == result.mesh.faces.shape
+    for level in (float("nan"), 0.0, 1.0, "0.5", None):
+        with pytest.raises(ConfigError) as info:
+            result.remesh(level)
+        assert info.value.field == "threshold"
+    with pytest.raises(InputError, match="per-member maps were not kept"):
+        result.member_mesh(0)

@@ -157,28 +157,24 @@ class BatchWidget(QWidget):
             self.status.setText("cancelling after the running cases ...")
 
     def run(self) -> None:
-        """Plan the cohort here (fast, clear errors), then run it in the background."""
-        from ..core.cohort import plan_tasks, read_manifest, run_cohort_steps
-
+        """Check the fields here; read the manifest, hash the inputs and run the cohort in the background."""
         try:
             if not self.inputs.value or not self.out_dir.value:
                 raise DropsemblesError("choose the cases (a folder, glob or CSV) and an output folder")
-            self.tasks = plan_tasks(read_manifest(self.inputs.value), self.config(),
-                                    priors=[self.prior.value] if self.prior.value else ())
+            config = self.config()
         except DropsemblesError as error:
             self._finish("failed", str(error))
             return
         self.rows = []
+        self.tasks = []
         self.table.setRowCount(0)
-        self.progress_bar.setRange(0, len(self.tasks))
         self.progress_bar.setValue(0)
         self._cancel = CancelToken()
         self.state = "running"
         self.run_button.setText("Cancel")
-        self.status.setText(f"running {len(self.tasks)} case(s) ...")
-        workers = self.workers.value()
-        steps = run_cohort_steps(self.tasks, self.out_dir.value, workers=workers, cancel=self._cancel,
-                                 dashboard_address=":0")
+        self.status.setText("reading the cases ...")
+        steps = self._cohort_steps(self.inputs.value, self.out_dir.value, config, self.prior.value,
+                                   self.workers.value(), self._cancel)
         if _sync():
             try:
                 result = drive(steps, self._on_progress)
@@ -195,7 +191,16 @@ class BatchWidget(QWidget):
         self._worker.errored.connect(self._on_error)
         self._worker.start()
 
+    def _cohort_steps(self, inputs: str, out_dir: str, config, prior: str, workers: int, cancel: CancelToken):
+        """Plan (hashing every input: seconds for a large cohort, so not in the GUI thread), then run."""
+        from ..core.cohort import plan_tasks, read_manifest, run_cohort_steps
+
+        self.tasks = plan_tasks(read_manifest(inputs), config, priors=[prior] if prior else ())
+        return (yield from run_cohort_steps(self.tasks, out_dir, workers=workers, cancel=cancel,
+                                            dashboard_address=":0"))
+
     def _on_progress(self, progress: Progress) -> None:
+        self.progress_bar.setRange(0, progress.total)
         self.progress_bar.setValue(progress.step)
         row = progress.extra.get("row")
         if row is not None:

@@ -206,6 +206,10 @@ class ReconstructWidget(QWidget):
         self._highlight: int | None = None  # the structure a table row click selected
         self.result_info = QLabel("no result for this input yet")
         self.result_info.setWordWrap(True)
+        self.notes_info = QLabel("")  # how the observation was read (below the table: it can be long)
+        self.notes_info.setWordWrap(True)
+        self.notes_info.setStyleSheet("color: #a0a0a0;")
+        self.notes_info.setVisible(False)
 
         layout = scroll_layout(self)
         layout.addWidget(self.form.native)
@@ -239,6 +243,7 @@ class ReconstructWidget(QWidget):
         layout.addLayout(colour_row)
         layout.addWidget(self.result_info)
         layout.addWidget(self.table)
+        layout.addWidget(self.notes_info)
         layout.addStretch(1)
 
         self._coarse_timer = _single_shot(self, 30, partial(self._remesh, False))
@@ -712,6 +717,7 @@ class ReconstructWidget(QWidget):
             self.member.setEnabled(False)
             self.threshold.setEnabled(False)
             self.result_info.setText("no result for this input yet" if layer is not None else "")
+            self.notes_info.setVisible(False)
             return
         if not self._running_on(output.frame.source_id):
             self.threshold.blockSignals(True)
@@ -740,8 +746,9 @@ class ReconstructWidget(QWidget):
             f"{len(structures.labels)} structure(s), {structures.members} members, grid {structures.mean.shape},"
             f" {device.upper() if device != 'cpu' else 'CPU'}"
             + (f"; do not trust: {', '.join(f'{n} ({why})' for n, why in flagged)}" if flagged else "")
-            + "".join(f"\n• {note}" for note in notes)
         )
+        self.notes_info.setText("\n".join(f"• {note}" for note in notes))
+        self.notes_info.setVisible(bool(notes))
         self._highlight = None
         self._recolour_mesh()
 

@@ -1,8 +1,10 @@
 """The normalised frame of one case and the encoder input made from an observation.
 
 World mm -> unit cube [-0.5, 0.5]^3 by ONE isotropic scale, axes along the observation's voxel
-axes (so thick slices map to grid planes). Pretraining and reconstruction both go through
-:func:`make_case`, so a prior always sees its inputs framed the same way.
+axes (so thick slices map to grid planes), ordered and signed by the world axes with the thick axis
+last (:func:`canonical_order`): the same geometry stored in any axis order gives the same case.
+Pretraining and reconstruction both go through :func:`make_case`, so a prior always sees its inputs
+framed the same way.
 """
 
 from __future__ import annotations
@@ -87,21 +89,26 @@ def frame_from_observation(observation: Volume, box_padding: float = 0.1) -> Fra
     centre_index_mm = (lo + hi) / 2
     centre = rotation @ centre_index_mm + observation.origin
     scale = float((hi - lo).max() * (1.0 + 2 * box_padding))
-    return Frame(centre_mm=centre, scale_mm=scale, rotation=canonical_axes(rotation))
+    return Frame(centre_mm=centre, scale_mm=scale, rotation=canonical_axes(rotation, thick_axis(spacing)))
 
 
-def canonical_axes(rotation: np.ndarray) -> np.ndarray:
+def canonical_axes(rotation: np.ndarray, thick: int | None = None) -> np.ndarray:
     """The voxel directions reordered and flipped to lie closest to the world axes.
 
     The same world geometry stored with another axis order or with flipped axes gets the same
     frame, so the encoder sees the same input (frame invariance); grid planes stay slice planes.
     """
-    order, signs = canonical_order(rotation)
+    order, signs = canonical_order(rotation, thick)
     return np.asarray(rotation, dtype=float)[:, order] * signs
 
 
-def canonical_order(rotation: np.ndarray) -> tuple[list[int], np.ndarray]:
-    """(voxel axis for each world axis, +-1 per world axis) of :func:`canonical_axes`."""
+def canonical_order(rotation: np.ndarray, thick: int | None = None) -> tuple[list[int], np.ndarray]:
+    """(voxel axis for each frame axis, +-1 per frame axis) of :func:`canonical_axes`.
+
+    Frame axes follow the world axes, except that a thick voxel axis becomes the last frame axis: the
+    slice direction priors are trained on (docs/REAL.md: on sagittal and coronal slices this lifted
+    Dice from 0.906 to 0.912), the other two keeping world order.
+    """
     rotation = np.asarray(rotation, dtype=float)
     order = [-1, -1, -1]
     free = [0, 1, 2]
@@ -110,7 +117,11 @@ def canonical_order(rotation: np.ndarray) -> tuple[list[int], np.ndarray]:
         order[world] = voxel
         free.remove(voxel)
     signs = np.where(np.diag(rotation[:, order]) < 0, -1.0, 1.0)
+    if thick is not None and order[2] != thick:
+        moved = [w for w in range(3) if order[w] != thick] + [order.index(thick)]
+        order, signs = [order[w] for w in moved], signs[moved]
     return order, signs
+
 
 
 @dataclass(frozen=True, eq=False)

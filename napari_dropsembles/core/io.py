@@ -18,7 +18,7 @@ import numpy as np
 from .budget import check_volume
 from .errors import InputError
 from .outputs import clean_stale, temp_name
-from .volume import Volume, affine_from_spacing
+from .volume import Volume, affine_from_spacing, affine_problem
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".tif", ".tiff", ".npy", ".npz")
 
@@ -126,6 +126,22 @@ def one_line(error: BaseException | str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+@contextlib.contextmanager
+def _quiet_library_logs() -> Iterator[None]:
+    """nibabel and tifffile log their own multi-line complaints to stderr; ours is the one line."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("nibabel", "nibabel.global", "tifffile")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def _unreadable(path: Path, what: str, error: BaseException) -> InputError:
     return InputError(f"{path}: not a readable {what} ({type(error).__name__}: {one_line(error)})")
 
@@ -139,24 +155,6 @@ def _check_array(data: np.ndarray, path: Path) -> np.ndarray:
     if data.size == 0:
         raise InputError(f"{path}: the volume is empty (shape {tuple(data.shape)})")
     return data
-
-
-def affine_problem(affine: np.ndarray) -> str | None:
-    """What makes a voxel -> mm affine unusable, in a few words; None when it is fine."""
-    affine = np.asarray(affine, dtype=float)
-    if affine.shape != (4, 4):
-        return f"it must be 4x4, got shape {affine.shape}"
-    if not np.all(np.isfinite(affine)):
-        return "it holds NaN or infinite values"
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    if np.any(spacing < 1e-9):
-        shown = ", ".join(f"{s:g}" for s in spacing)
-        return f"the voxel spacing ({shown} mm) is zero along axis {int(np.argmin(spacing))}"
-    if abs(np.linalg.det(affine[:3, :3] / spacing)) < 1e-6:
-        return "its axes are parallel (a singular matrix)"
-    if np.any(spacing > 1e5):
-        return f"the voxel spacing ({', '.join(f'{s:g}' for s in spacing)} mm) is implausibly large"
-    return None
 
 
 def _check_affine(affine: np.ndarray, path: Path) -> np.ndarray:
@@ -429,7 +427,8 @@ def read_volume(path: str | os.PathLike) -> Volume:
         raise InputError(f"{path}: is a folder, not a volume file")
     if not is_file:
         raise InputError(f"{path}: is not a regular file (a pipe or a device?); save the volume to a file")
-    data, affine = _READERS[suffix](path)
+    with _quiet_library_logs():
+        data, affine = _READERS[suffix](path)
     data = _check_array(data, path)
     affine = _check_affine(affine, path)
     return Volume(data, affine)

@@ -43,7 +43,6 @@ class Method:
 
     name = ""
     label = ""  # how front ends show it
-    summary = ""
 
     def effective_members(self, members: int) -> int:
         """How many members the method predicts with when ``members`` are asked for."""
@@ -71,9 +70,10 @@ class Method:
 
 
 class Dropsembles(Method):
+    """One prior, M fixed dropout masks (thinned networks), each fine-tuned."""
+
     name = "dropsembles"
     label = "Dropsembles"
-    summary = "one prior, M fixed dropout masks (thinned networks), each fine-tuned"
 
     def build(self, config, sources, members, generator):
         decoder, anchor, fisher = super().build(config, sources, members, generator)
@@ -82,9 +82,10 @@ class Dropsembles(Method):
 
 
 class MCDropout(Method):
+    """One network fine-tuned with dropout active, predicted with M sampled masks."""
+
     name = "mc_dropout"
     label = "MC dropout"
-    summary = "one prior fine-tuned once with dropout active, predicted with M sampled masks"
 
     def build(self, config, sources, members, generator):
         return super().build(config, sources, 1, generator)
@@ -99,9 +100,10 @@ class MCDropout(Method):
 
 
 class DeepEnsemble(Method):
+    """M independently pretrained networks, each fine-tuned, no masks."""
+
     name = "deep_ensemble"
     label = "deep ensemble"
-    summary = "M independently pretrained priors, each fine-tuned, no masks"
 
     def sources(self, prior, members):
         if len(prior.models) < members:
@@ -117,9 +119,10 @@ class DeepEnsemble(Method):
 
 
 class Single(Method):
+    """One network fine-tuned, no masks (M = 1)."""
+
     name = "single"
     label = "single network"
-    summary = "one prior fine-tuned once, no masks (M = 1)"
 
     def effective_members(self, members):
         return 1
@@ -138,6 +141,10 @@ def get_method(name: str) -> Method:
 
 def check_prior(config: ReconstructionConfig, prior: Prior) -> None:
     """Raise when ``prior`` cannot serve ``config`` (a deep ensemble needs M pretrained models)."""
+    if not isinstance(config, ReconstructionConfig):
+        raise InputError(f"the config must be a ReconstructionConfig, got {type(config).__name__}")
+    if not isinstance(prior, Prior):
+        raise InputError(f"the prior must be a Prior (load one with load_prior(path)), got {type(prior).__name__}")
     method = get_method(config.method)
     method.sources(prior, method.effective_members(config.members))
 

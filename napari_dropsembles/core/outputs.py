@@ -24,8 +24,10 @@ from pathlib import Path
 
 from .errors import InputError
 
-RESULT_FILE = re.compile(
-    r"^(mean|variance|entropy|mutual_information)\.nii\.gz$|^mesh(_member\d+)?\.(ply|obj|stl)$|^report\.json$"
+RESULT_FILE = re.compile(  # maps, segmentations and meshes in any output format (core/formats/outputs)
+    r"^(mean|variance|entropy|mutual_information|segmentation|probability|mesh|mesh_member\d+)\.[a-z0-9.]+$"
+    r"|^report\.json$",
+    re.IGNORECASE,
 )
 _TMP_TAG = ".dropsembles-tmp-"
 _OLD_TAG = ".dropsembles-old-"
@@ -200,9 +202,10 @@ def _swap_in(tmp: Path, out: Path) -> None:
         if is_result_file(entry.name) or entry.name.startswith("."):
             continue
         target = out / entry.name
-        if not target.exists():
-            with contextlib.suppress(OSError):
-                os.rename(entry, target)
+        if target.exists():  # the new result wrote a file of that name: keep the user's beside it
+            target = out / f"{entry.name}.previous"
+        with contextlib.suppress(OSError):
+            os.rename(entry, target)
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -23,10 +23,16 @@ from .io import atomic_write_bytes, ensure_writable_dir, read_volume, write_volu
 from .mesh import IsoSurface, Mesh, extract_mesh, read_mesh, write_mesh
 from .predict import MAP_NAMES, EnsembleMaps
 from .slice_uncertainty import SliceUncertainty
+from .validation import integer, number
 from .volume import Volume
 
 REPORT = "report.json"
 MESH = "mesh.ply"
+
+
+def surface_level(threshold: object) -> float:
+    """A surface level on the mean occupancy: a finite number in (0, 1)."""
+    return number("threshold", threshold, 0.0, 1.0, lo_open=True, hi_open=True)
 
 
 def config_setting(field: str, value: object) -> str:
@@ -57,8 +63,9 @@ class Reconstruction:
         """Marching cubes on the cached mean at a new threshold (no network query).
 
         The padded grid is prepared on the first call and kept, so that a threshold slider
-        pays only for the cubes.
+        pays only for the cubes. ``threshold`` must lie in (0, 1) (ConfigError naming ``threshold``).
         """
+        threshold = surface_level(threshold)
         if self._surface is None:
             self._surface = IsoSurface(self.maps.mean, self.maps.variance)
         return self._surface.extract(threshold, step_size=step_size)
@@ -66,7 +73,8 @@ class Reconstruction:
     def member_mesh(self, member: int, threshold: float | None = None) -> Mesh:
         if self.maps.members is None:
             raise InputError("per-member maps were not kept (set keep_members=True)")
-        level = self.config.threshold if threshold is None else threshold
+        level = self.config.threshold if threshold is None else surface_level(threshold)
+        member = integer("member", member, 0, len(self.maps.members) - 1)
         grid = self.maps.mean.with_data(self.maps.members[member].astype(np.float32))
         return extract_mesh(grid, level, self.maps.variance)
 

@@ -23,7 +23,7 @@ from .slice_field import SliceDistanceField, gap_slices, thick_axis
 from .volume import Volume
 
 MIN_SLICES = 4  # labelled slices needed before any can be spared
-MARGIN_DICE = 0.005  # a Dice difference smaller than this is a tie
+MARGIN_DICE = 0.03  # a smaller Dice difference on a few slices is a tie (docs/REAL.md measures how noisy it is)
 
 
 def held_out_slices(observation: Volume, share: float) -> tuple[int, np.ndarray]:

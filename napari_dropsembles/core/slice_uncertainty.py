@@ -160,7 +160,7 @@ class MemberPerturbation:
         observation = uncertainty.field.observation
         # Drawn in the world-aligned axis order (core/frame.canonical_order), then stored in the
         # observation's: the same geometry stored with other axis orders or flips gets the same noise.
-        order, signs = canonical_order(observation.affine[:3, :3] / observation.spacing)
+        order, signs = canonical_order(observation.affine[:3, :3] / observation.spacing, uncertainty.field.axis)
         shape = np.array(observation.shape)[order] + 4
         rng = np.random.default_rng(seed)
         smoothing = np.full(3, float(correlation_voxels))

@@ -24,6 +24,25 @@ def affine_from_spacing(
     return affine
 
 
+def affine_problem(affine: np.ndarray) -> str | None:
+    """What makes a voxel -> mm affine unusable, in a few words; None when it is fine."""
+    affine = np.asarray(affine, dtype=float)
+    if affine.shape != (4, 4):
+        return f"it must be 4x4, got shape {affine.shape}"
+    if not np.all(np.isfinite(affine)):
+        return "it holds NaN or infinite values"
+    with np.errstate(all="ignore"):  # 1e300 entries overflow: refused below, with no warning printed
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)
+        if np.any(~np.isfinite(spacing)) or np.any(spacing > 1e5):
+            return f"the voxel spacing ({', '.join(f'{s:g}' for s in spacing)} mm) is implausibly large"
+        if np.any(spacing < 1e-9):
+            shown = ", ".join(f"{s:g}" for s in spacing)
+            return f"the voxel spacing ({shown} mm) is zero along axis {int(np.argmin(spacing))}"
+        if abs(np.linalg.det(affine[:3, :3] / spacing)) < 1e-6:
+            return "its axes are parallel (a singular matrix)"
+    return None
+
+
 @dataclass(frozen=True, eq=False)
 class Volume:
     """``data`` (I, J, K) with ``affine`` (4x4, index -> world mm)."""
@@ -32,9 +51,13 @@ class Volume:
     affine: np.ndarray = field(default_factory=lambda: np.eye(4))
 
     def __post_init__(self) -> None:
-        affine = np.asarray(self.affine, dtype=float)
-        if affine.shape != (4, 4):
-            raise InputError(f"affine must be 4x4, got shape {affine.shape}")
+        try:
+            affine = np.asarray(self.affine, dtype=float)
+        except (TypeError, ValueError):
+            raise InputError(f"affine must be a 4x4 matrix of numbers, got {type(self.affine).__name__}") from None
+        problem = affine_problem(affine)
+        if problem is not None:
+            raise InputError(f"the voxel -> mm affine is not usable: {problem}")
         object.__setattr__(self, "affine", affine)
         if np.ndim(self.data) != 3:
             raise InputError(f"expected a 3D volume, got {np.ndim(self.data)}D data of shape {np.shape(self.data)}")

@@ -144,6 +144,8 @@ def run_cohort_steps(
                 else:
                     gpu = any(task.gpu for task in todo)
                     count = workers if workers is not None else default_workers(gpu)
+                    if gpu:  # one worker per GPU: a task never shares its GPU by accident
+                        count = min(count, default_workers(gpu=True))
                     own_client, own_cluster = start_local_cluster(count, gpu=gpu, dashboard_address=dashboard_address)
                     client = own_client
             dashboard = _dashboard(client)
