@@ -8,14 +8,39 @@ is turned into the voxel -> world mm affine exactly as the Reconstruct widget re
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import numpy as np
 
 from ._gui.layers import world_affine_from_state
+from .core.errors import DropsemblesError
+from .core.faults import describe_fault
 from .core.formats.mesh_io import write_mesh_file
 from .core.formats.segments import Segment
 from .core.io import write_volume
 from .core.mesh import Mesh, write_mesh
 from .core.volume import Volume
+
+
+def _one_line_faults(writer: Callable[[str, object, dict], list[str]]) -> Callable[[str, object, dict], list[str]]:
+    """A full disk, a size limit or no memory while saving from the viewer: napari shows one line that
+    says what to do (the files are written atomically, so nothing half-written is left)."""
+
+    @functools.wraps(writer)
+    def guarded(path: str, data, meta: dict) -> list[str]:
+        try:
+            return writer(path, data, meta)
+        except (DropsemblesError, WriteFault):
+            raise
+        except (OSError, MemoryError) as error:
+            raise WriteFault(describe_fault(error)) from None
+
+    return guarded
+
+
+class WriteFault(OSError):
+    """A write from the viewer failed; the message is the one line to show."""
 
 
 def layer_affine(meta: dict) -> np.ndarray:
@@ -33,16 +58,19 @@ def _surface_mesh(data, meta: dict) -> Mesh:
     return Mesh(vertices_mm=vertices_mm, faces=faces, vertex_values=values)
 
 
+@_one_line_faults
 def write_surface(path: str, data, meta: dict) -> list[str]:
     """PLY/OBJ/STL in napari's world (RAS mm for volumes read by this plugin)."""
     return [str(write_mesh(path, _surface_mesh(data, meta)))]
 
 
+@_one_line_faults
 def write_surface_lps(path: str, data, meta: dict) -> list[str]:
     """VTP/VTK/GLB in LPS mm (what 3D Slicer opens in place), vertex values as point data 'variance'."""
     return [str(write_mesh_file(path, _surface_mesh(data, meta), space="LPS"))]
 
 
+@_one_line_faults
 def write_image(path: str, data, meta: dict) -> list[str]:
     array = np.asarray(data)
     dtype = np.float32 if np.issubdtype(array.dtype, np.floating) else array.dtype
@@ -62,6 +90,7 @@ def _segments(array: np.ndarray, meta: dict) -> tuple[Segment, ...]:
     return tuple(segments)
 
 
+@_one_line_faults
 def write_labels(path: str, data, meta: dict) -> list[str]:
     """Labels as NIfTI/NRRD/MetaImage, or a Slicer .seg.nrrd with the layer's names and colours."""
     if not str(path).lower().endswith(".seg.nrrd"):

@@ -61,6 +61,7 @@ def test_disk_full_while_saving_from_the_viewer_keeps_the_layer_and_writes_nothi
     with pytest.raises(Exception) as caught:
         viewer.layers.save(str(target), selected=False, plugin="napari-dropsembles")
     text = str(caught.value)
-    assert "No space left" in text or "disk is full" in text
+    assert "disk is full" in text and "free some space or write elsewhere" in text
+    assert "\n" not in text.strip() and "cannot read or write" not in text  # one line, worded once
     assert list(tmp_path.iterdir()) == []  # no partial file, no temporary
     assert list(viewer.layers) == [layer] and np.array_equal(layer.data, before)

@@ -62,3 +62,14 @@ def test_real_masks_mix_with_procedural_vertebrae():
     assert 8 < real < 32
     with pytest.raises(InputError):
         PretrainConfig(procedural_share=1.5)
+
+
+def test_the_training_folder_takes_every_reader_format(tmp_path):
+    t12 = read_volume(REAL / "vertebrae_T12.nii.gz")
+    write_volume(tmp_path / "a.nii.gz", t12, dtype=np.uint8)
+    write_volume(tmp_path / "b.nrrd", t12, dtype=np.uint8)
+    write_volume(tmp_path / "c.mha", t12, dtype=np.uint8)
+    (tmp_path / "notes.txt").write_text("not a volume")
+    shapes = shapes_from_folder(tmp_path)
+    assert [s.name for s in shapes] == ["a.nii.gz", "b.nrrd", "c.mha"]
+    assert len({int(s.mask.data.sum()) for s in shapes}) == 1

@@ -488,13 +488,3 @@ def place_result_layers(viewer, source_id: str, layer_data: list[LayerDataTuple]
         if stale is not None and stale in viewer.layers:
             viewer.layers.remove(stale)
     return placed
-
-
-def replace_result_layers(viewer, source_id: str, layer_data: list[LayerDataTuple]) -> list:
-    """:func:`place_result_layers` in one go."""
-    steps = place_result_layers(viewer, source_id, layer_data)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value

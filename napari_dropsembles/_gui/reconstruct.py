@@ -32,6 +32,7 @@ from ..core.errors import DropsemblesError, InputError
 from ..core.input_kind import MAX_LABELS, InputKind, classify_volume, mask_share
 from ..core.methods import METHODS, REGISTRY
 from ..core.paths import bundled_prior_path
+from ..core.progress import drive
 from ..core.structures import StructureRow
 from ..core.vertex_labels import label_vertex_colours, vertex_labels
 from ..core.volume import Volume
@@ -649,12 +650,9 @@ class ReconstructWidget(QWidget):
         placing = place_result_layers(self.viewer, output.frame.source_id, output.layer_data)
         if (self.sync if self.sync is not None else sync_workers_default()):
             with _keeping_selection(self.viewer):
-                while True:
-                    try:
-                        next(placing)
-                    except StopIteration as done:
-                        self._result_placed(output, done.value)
-                        return
+                added = drive(placing)
+            self._result_placed(output, added)
+            return
         self._place_next(placing, output)
 
     def _apply_names_and_colours(self, output: ReconstructOutput) -> None:

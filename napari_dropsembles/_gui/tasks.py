@@ -28,7 +28,7 @@ from ..core.metrics import evaluate_probabilities, reliability_curve, surface_ba
 from ..core.paths import bundled_prior_path
 from ..core.pipeline import ReconstructionConfig
 from ..core.pretrain import PretrainConfig, pretrain_steps, shapes_from_folder
-from ..core.progress import CancelFlag, Progress, check_cancel
+from ..core.progress import CancelFlag, Progress, check_cancel, relay
 from ..core.structures import StructureRow, StructureSet, reconstruct_structures_steps, structure_masks
 from ..core.volume import Volume
 from .layers import InputFrame, reconstruction_to_layer_data, surface_data
@@ -272,17 +272,13 @@ def pretrain_task(request: PretrainRequest, cancel: CancelFlag) -> Generator[Pro
         request.model_config, request.config, models=request.models, shapes=shapes, device=device, workers=1,
         cancel=cancel,
     )
+    def overall(progress: Progress) -> None:
+        lo, hi = PRETRAIN_PHASES.get(progress.phase, (0.0, 1.0))
+        within = lo + (hi - lo) * min(progress.fraction, 1.0)
+        progress.extra["overall"] = (progress.extra.get("model", 0) + within) / request.models
+
     with one_core_for_the_viewer():
-        while True:
-            try:
-                progress = next(steps)
-            except StopIteration as done:
-                prior = done.value
-                break
-            lo, hi = PRETRAIN_PHASES.get(progress.phase, (0.0, 1.0))
-            within = lo + (hi - lo) * min(progress.fraction, 1.0)
-            progress.extra["overall"] = (progress.extra.get("model", 0) + within) / request.models
-            yield progress
+        prior = yield from relay(steps, overall)
     check_cancel(cancel)
     prior.training["saved_from"] = "napari-dropsembles Train a prior widget"
     save_prior(prior, out)

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..core.errors import Cancelled, ConfigError, DropsemblesError
 from ..core.faults import describe_fault
-from ..core.progress import CancelToken, Progress
+from ..core.progress import CancelToken, Progress, drive
 from .state import RunState
 
 SYNC_ENV = "DROPSEMBLES_SYNC_WORKERS"
@@ -153,13 +153,7 @@ class Task:
         self.running = True
         steps = guarded_steps(self.factory, self.cancel_token, self, self.throttle_s)
         if self.sync:
-            while True:
-                try:
-                    progress = next(steps)
-                except StopIteration as done:
-                    self._finish(done.value)
-                    break
-                self._progress(progress)
+            self._finish(drive(steps, self._progress))
             self.running = False
             return self
         from napari.qt.threading import create_worker

@@ -59,6 +59,21 @@ def volume_suffix(path: str | os.PathLike) -> str:
     return ""
 
 
+def all_volume_suffixes() -> tuple[str, ...]:
+    """Every suffix a reader takes: NIfTI, TIFF, numpy here and the formats of core/formats."""
+    from .formats import VOLUME_FORMAT_SUFFIXES
+
+    return VOLUME_SUFFIXES + tuple(s for s in VOLUME_FORMAT_SUFFIXES if s not in VOLUME_SUFFIXES)
+
+
+def is_volume_path(path: str | os.PathLike) -> bool:
+    """True for a file (or a DICOM or OME-Zarr folder) that :func:`read_volume` reads."""
+    from .formats import can_read
+
+    path = Path(path)
+    return (path.is_file() and volume_suffix(path) in VOLUME_SUFFIXES) or (path.exists() and can_read(path))
+
+
 def _full_suffix(path: Path) -> str:
     name = path.name.lower()
     if name.endswith(".nii.gz"):
@@ -416,7 +431,9 @@ def read_volume(path: str | os.PathLike) -> Volume:
         clinical = read_format_volume(path)
         return Volume(_check_array(clinical.data, path), _check_affine(clinical.affine, path))
     if not suffix:
-        raise InputError(f"{path}: unknown file type; expected one of {', '.join(VOLUME_SUFFIXES)}")
+        raise InputError(
+            f"{path}: unknown file type; expected one of {', '.join(all_volume_suffixes())} or a DICOM series folder"
+        )
     try:
         exists, is_dir, is_file = path.exists(), path.is_dir(), path.is_file()
     except OSError as exc:
@@ -453,7 +470,7 @@ def write_volume(path: str | os.PathLike, volume: Volume, dtype=np.float32) -> P
     if not suffix and format_suffix(path):
         return write_format_volume(path, volume, dtype=dtype)
     if not suffix:
-        raise InputError(f"{path}: unknown file type; expected one of {', '.join(VOLUME_SUFFIXES)}")
+        raise InputError(f"{path}: unknown file type; expected one of {', '.join(all_volume_suffixes())}")
     data = np.asarray(volume.data)
     if dtype is not None:
         data = data.astype(dtype, copy=False)

@@ -115,14 +115,14 @@ def shapes_from_folder(folder: str | os.PathLike) -> list[Shape]:
     from pathlib import Path
 
     from .data import MaskShape
-    from .io import VOLUME_SUFFIXES, binary_mask_from_volume, read_volume
+    from .io import all_volume_suffixes, binary_mask_from_volume, is_volume_path, read_volume
 
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"the training data must be a folder of dense mask volumes, got {folder}")
-    files = sorted(p for p in folder.iterdir() if any(p.name.endswith(s) for s in VOLUME_SUFFIXES))
+    files = sorted(p for p in folder.iterdir() if is_volume_path(p))
     if not files:
-        raise InputError(f"no volume files ({', '.join(VOLUME_SUFFIXES)}) in {folder}")
+        raise InputError(f"no volume files ({', '.join(all_volume_suffixes())}) in {folder}")
     shapes = []
     for path in files:
         try:

@@ -20,7 +20,7 @@ from pathlib import Path
 from ... import __version__
 from ..config import ReconstructionConfig
 from ..errors import ConfigError, InputError
-from ..io import VOLUME_SUFFIXES, list_labels, read_volume, volume_suffix
+from ..io import all_volume_suffixes, is_volume_path, list_labels, read_volume, volume_suffix
 
 GROUND_TRUTH_SUFFIXES = ("_gt", "_ground_truth", "_truth")  # <stem><suffix><ext> pairs with <stem><ext>
 CSV_COLUMNS = ("case", "observation", "ground_truth", "labels")
@@ -74,7 +74,7 @@ def _stem(path: Path) -> str:
 
 
 def _is_volume(path: Path) -> bool:
-    return path.is_file() and volume_suffix(path) in VOLUME_SUFFIXES
+    return is_volume_path(path)
 
 
 def _is_ground_truth_name(path: Path) -> bool:
@@ -198,7 +198,7 @@ def read_manifest(inputs: str | Path) -> list[CaseSpec]:
     else:
         raise InputError(f"{text} is neither a folder, a glob pattern, a .csv manifest nor a volume file")
     if not cases:
-        raise InputError(f"no observation volume ({', '.join(VOLUME_SUFFIXES)}) found in {text}")
+        raise InputError(f"no observation volume ({', '.join(all_volume_suffixes())}) found in {text}")
     return cases
 
 

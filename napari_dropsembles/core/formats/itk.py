@@ -22,6 +22,7 @@ def read_itk(path: str | os.PathLike) -> Volume:
     """Read a 3D MetaImage as a Volume (index -> RAS mm)."""
     import SimpleITK as sitk
 
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)  # ITK's multi-line warnings: we say it in one line
     path = Path(path)
     try:
         image = sitk.ReadImage(str(path))
