@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .core.errors import Cancelled, ConfigError, DropsemblesError, InputError
+from .core.errors import Cancelled, ConfigError, DropsemblesError, InputError, word_settings
 from .core.progress import Progress, drive
 
 EXIT_USAGE = 2
@@ -155,6 +155,9 @@ CONFIG_OPTIONS = {
     "resolution_mm": "--resolution",
     "threshold": "--level",
     "grid_size": "--grid",
+    "input_threshold": "--threshold",
+    "gt_spacing_mm": "--gt-spacing",
+    "in_plane_mm": "--in-plane",
 }
 
 
@@ -171,6 +174,11 @@ def cli_wording(error: ConfigError) -> str:
 def cli_setting(field: str, value: object) -> str:
     """A config field set to a value, as options (``--empty-slices background``)."""
     return f"{config_option(field)} {value}"
+
+
+def cli_word(field: str, value: str | None) -> str:
+    """A setting named in a core message, as its option (``--label 3``, ``--memory-limit GB``)."""
+    return config_option(field) if value is None else cli_setting(field, value)
 
 
 def add_reconstruction_options(p: argparse.ArgumentParser) -> None:
@@ -731,7 +739,7 @@ def _os_error_line(error: OSError) -> str:
     """One line for a failed read or write, saying what to do (the output option is --out)."""
     from .core.faults import describe_fault
 
-    return describe_fault(error).replace("write elsewhere", "write elsewhere (--out)")
+    return word_settings(describe_fault(error), cli_word).replace("write elsewhere", "write elsewhere (--out)")
 
 
 def _broken_stdout() -> None:
@@ -767,7 +775,7 @@ def _main(argv: Sequence[str] | None) -> int:
         _say(f"{name}: error: {cli_wording(error)}")
         return EXIT_USAGE
     except DropsemblesError as error:
-        _say(f"{name}: error: {error}")
+        _say(f"{name}: error: {error.in_words(cli_word)}")
         return EXIT_USAGE
     except KeyboardInterrupt:
         _say("napari-dropsembles: interrupted; the previous output is unchanged")
@@ -782,7 +790,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except MemoryError as error:
         from .core.faults import describe_fault
 
-        _say(f"{name}: error: {describe_fault(error)}")
+        _say(f"{name}: error: {word_settings(describe_fault(error), cli_word)}")
         return EXIT_USAGE
     except OSError as error:
         _say(f"{name}: error: {_os_error_line(error)}")

@@ -78,3 +78,18 @@ def test_benchmarks_are_not_a_subcommand(capsys):
     with pytest.raises(SystemExit) as info:
         main(["bench", "paper"])
     assert info.value.code == 2
+
+
+def test_core_messages_name_settings_that_each_front_end_words_its_own_way():
+    from napari_dropsembles._gui.state import RunState
+    from napari_dropsembles._gui.workers import Outcome, gui_word
+    from napari_dropsembles.cli import cli_word
+    from napari_dropsembles.core.errors import InputError, setting
+
+    error = InputError(
+        f"choose {setting('label', 'N')} or pass {setting('input_threshold', 'T')}; {setting('members')}"
+    )
+    assert str(error) == "choose label=N or pass input_threshold=T; members"  # Python callers: the fields
+    assert error.in_words(cli_word) == "choose --label N or pass --threshold T; --members"
+    assert error.in_words(gui_word) == "choose 'Label' = N or pass 'Threshold image' = T; 'Members'"
+    assert Outcome(RunState.FAILED, error=error).message == error.in_words(gui_word)

@@ -209,7 +209,7 @@ def test_mask_multilabel():
     data[3, 3, 3] = 7
     vol = Volume(data)
     assert list_labels(vol) == [2, 7]
-    with pytest.raises(InputError, match=r"\[2, 7\].*--label N.*--label all"):
+    with pytest.raises(InputError, match=r"\[2, 7\].*label=N.*label=all"):
         binary_mask_from_volume(vol)
     assert binary_mask_from_volume(vol, label=7).data.sum() == 1
     assert binary_mask_from_volume(vol, label="2").data.sum() == 2
@@ -219,13 +219,13 @@ def test_mask_multilabel():
     # threshold on label data still applies
     assert binary_mask_from_volume(vol, threshold=5).data.sum() == 1
     # float label maps (e.g. NIfTI with scaling) behave like integer labels
-    with pytest.raises(InputError, match="--label"):
+    with pytest.raises(InputError, match="label=N"):
         binary_mask_from_volume(Volume(data.astype(np.float32)))
 
 
 def test_mask_float_needs_threshold():
     data = np.random.default_rng(1).random((6, 6, 6))
-    with pytest.raises(InputError, match="--threshold"):
+    with pytest.raises(InputError, match="input_threshold=T"):
         binary_mask_from_volume(Volume(data))
     mask = binary_mask_from_volume(Volume(data), threshold=0.5)
     np.testing.assert_array_equal(mask.data, (data >= 0.5).astype(np.uint8))
@@ -313,3 +313,13 @@ def test_ensure_writable_dir_read_only(tmp_path):
             ensure_writable_dir(ro)
     finally:
         ro.chmod(0o700)
+
+
+def test_a_ct_in_hounsfield_units_is_an_intensity_image_not_a_label_map():
+    ct = np.full((12, 12, 12), -1000, dtype=np.int16)
+    ct[3:9, 3:9, 3:9] = np.arange(6 * 6 * 6, dtype=np.int16).reshape(6, 6, 6) * 10 + 100  # many distinct values
+    ct[5:7, 5:7, 5:7] = 1500
+    with pytest.raises(InputError, match=r"intensities in \[-1000, 2250\].*input_threshold=200 \(bone"):
+        binary_mask_from_volume(Volume(ct))
+    mask = binary_mask_from_volume(Volume(ct), threshold=200)
+    assert 0 < mask.data.sum() < mask.data.size

@@ -17,7 +17,7 @@ from napari_dropsembles._gui.state import RunState
 from napari_dropsembles._gui.tasks import observation_masks
 from napari_dropsembles._gui.workers import Task, guarded_steps
 from napari_dropsembles.core.config import FinetuneConfig, ReconstructionConfig
-from napari_dropsembles.core.errors import Cancelled, InputError
+from napari_dropsembles.core.errors import Cancelled, InputError, setting
 from napari_dropsembles.core.mesh import extract_mesh, sample_volume
 from napari_dropsembles.core.predict import EnsembleMaps
 from napari_dropsembles.core.progress import CancelToken, Progress, drive
@@ -219,8 +219,8 @@ def test_guarded_steps_turn_every_ending_into_an_outcome():
     assert outcome.state is RunState.DONE and outcome.value == "value"
     assert len(sent) <= 3  # thinned: the first, a phase change, the last
     assert sum(len(p.extra["loss_batch"]) for p in sent) == 500  # but no loss is lost
-    outcome, _ = outcome_of(_steps(10, fail=InputError("the mask is empty; check --label")))
-    assert outcome.state is RunState.FAILED and "the 'Label' choice" in outcome.message
+    outcome, _ = outcome_of(_steps(10, fail=InputError(f"the mask is empty; check {setting('label')}")))
+    assert outcome.state is RunState.FAILED and outcome.message == "the mask is empty; check 'Label'"
     outcome, _ = outcome_of(_steps(10, fail=RuntimeError("out of memory")))
     assert outcome.state is RunState.FAILED and outcome.message == "RuntimeError: out of memory"
     token = CancelToken()

@@ -72,7 +72,7 @@ from .tasks import (
     remesh_task,
     start_warm_up,
 )
-from .workers import GUI_FIELDS, Outcome, Task, sync_workers_default
+from .workers import GUI_FIELDS, Outcome, Task, gui_word, sync_workers_default
 
 MESH_BY_VARIANCE, MESH_BY_STRUCTURE = "variance", "structure"
 EACH_LABEL_DEFAULT_MAX = 8  # more labels than this: one label is chosen first, not all of them
@@ -496,7 +496,7 @@ class ReconstructWidget(QWidget):
         try:
             device = resolve_device(choice)
         except InputError as error:
-            self.device_info.setText(str(error).replace("--device auto", "'auto'"))
+            self.device_info.setText(error.in_words(gui_word))
             self.device_info.setStyleSheet(ERROR_STYLE)
             return
         if device.type == "cpu":

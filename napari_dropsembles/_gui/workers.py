@@ -18,7 +18,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.errors import Cancelled, ConfigError, DropsemblesError
+from ..core.errors import Cancelled, ConfigError, DropsemblesError, word_settings
 from ..core.faults import describe_fault
 from ..core.progress import CancelToken, Progress, drive
 from .state import RunState
@@ -44,8 +44,8 @@ class Outcome:
             if isinstance(self.error, ConfigError):
                 return self.error.worded(GUI_FIELDS.get(self.error.field, f"'{self.error.field}'"))
             if isinstance(self.error, DropsemblesError):
-                return gui_wording(str(self.error))
-            return describe_fault(self.error).replace(" (--resolution)", "").replace(" (--memory-limit GB)", "")
+                return self.error.in_words(gui_word)
+            return word_settings(describe_fault(self.error), gui_word)
         return self.state.value
 
 
@@ -63,28 +63,20 @@ GUI_FIELDS = {  # config field -> the widget field that sets it
     "samples": "'Training samples'",
     "batch_size": "'Batch size'",
     "dropout": "'Dropout'",
+    "label": "'Label'",
+    "input_threshold": "'Threshold image'",
+    "members_out": "'Per-member meshes' (Advanced options)",
+    "memory_limit": "the memory limit (environment variable DROPSEMBLES_MEMORY_LIMIT_GB)",
+    "max_voxels": "the output size limit (environment variable DROPSEMBLES_MAX_VOXELS)",
+    "lr": "'Learning rate'",
+    "hidden": "'Decoder width'",
+    "grid_size": "'Encoder grid'",
 }
 
-_CLI_WORDS = (
-    ("--label N", "a single label in 'Label'"),
-    ("--label all", "'all labels merged'"),
-    ("--threshold T", "an image threshold"),
-    ("--label", "the 'Label' choice"),
-    ("--threshold", "the threshold"),
-    ("--members", "'Members'"),
-    ("--steps", "'Steps'"),
-    ("--ewc", "'EWC strength'"),
-    ("--resolution", "'Output spacing'"),
-    ("--device auto", "device 'auto'"),
-    ("--data", "'Data folder'"),
-)
-
-
-def gui_wording(message: str) -> str:
-    """Core messages name command-line flags; in the GUI, name the widget fields instead."""
-    for flag, words in _CLI_WORDS:
-        message = message.replace(flag, words)
-    return message
+def gui_word(field: str, value: str | None) -> str:
+    """A setting named in a core message, as the widget field that sets it (``'Label' = 3``)."""
+    name = GUI_FIELDS.get(field, f"'{field.replace('_', ' ')}'")
+    return name if value is None else f"{name} = {value}"
 
 
 def guarded_steps(

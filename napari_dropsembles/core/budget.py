@@ -15,10 +15,10 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 
-from .errors import InputError
+from .errors import InputError, setting
 
 ENV_VAR = "DROPSEMBLES_MEMORY_LIMIT_GB"
-LIMIT_HINT = f"raise the limit with --memory-limit GB (or the environment variable {ENV_VAR})"
+LIMIT_HINT = f"raise the limit with {setting('memory_limit', 'GB')} (or the environment variable {ENV_VAR})"
 _DEFAULT_SHARE = 0.8
 _FALLBACK_BYTES = 8 * 1024**3
 _override_bytes: int | None = None
@@ -98,11 +98,11 @@ def check_output_voxels(shape: Sequence[int], spacing_mm: float | None = None) -
     dims = "x".join(str(int(s)) for s in shape)
     fit = ""
     if spacing_mm:
-        fit = f" (e.g. --resolution {spacing_mm * (voxels / limit) ** (1 / 3) * 1.01:.3g})"
+        fit = f" (e.g. {setting('resolution_mm', f'{spacing_mm * (voxels / limit) ** (1 / 3) * 1.01:.3g}')})"
     raise InputError(
         f"an output grid of {dims} = {voxels:.3g} voxels is more than the limit of {limit:.3g} "
         f"(it would take long to compute and write); use a coarser output voxel size{fit}, or raise the limit "
-        f"with --max-voxels N (or the environment variable {VOXELS_ENV_VAR})"
+        f"with {setting('max_voxels', 'N')} (or the environment variable {VOXELS_ENV_VAR})"
     )
 
 
@@ -195,7 +195,8 @@ def check_grid(shape: Sequence[int], members: int, *, keep_members: bool, chunk:
     check_memory(
         f"an output grid of {dims} voxels with {members} members",
         estimate,
-        "use a coarser output voxel size (--resolution MM)" + (" or drop --members-out" if keep_members else ""),
+        f"use a coarser output voxel size ({setting('resolution_mm', 'MM')})"
+        + (f" or drop {setting('members_out')}" if keep_members else ""),
     )
     return estimate
 
@@ -214,14 +215,14 @@ def check_reconstruction(
     """Refuse a reconstruction whose fine-tuning or output grid would not fit; return the estimate."""
     dims = "x".join(str(int(s)) for s in grid_shape)
     tune = finetune_bytes(members, hidden, blocks, points_per_step, feature_channels)
-    check_memory(f"fine-tuning {members} members", tune, "use fewer members (--members)")
+    check_memory(f"fine-tuning {members} members", tune, f"use fewer members ({setting('members')})")
     grid = grid_bytes(grid_shape, members, keep_members, chunk, hidden)
     check_memory(
         f"an output grid of {dims} voxels with {members} members",
         grid + tune,
-        "use a coarser output voxel size (--resolution MM)"
-        + (" or drop --members-out" if keep_members else "")
-        + " or fewer members (--members)",
+        f"use a coarser output voxel size ({setting('resolution_mm', 'MM')})"
+        + (f" or drop {setting('members_out')}" if keep_members else "")
+        + f" or fewer members ({setting('members')})",
     )
     return grid + tune
 
@@ -255,7 +256,7 @@ def check_pretrain(**sizes: int | Sequence[int]) -> int:
         f"pretraining (grid {sizes['grid_size']}, hidden {sizes['hidden']}, batch {sizes['batch_size']}, "
         f"{sizes['samples']} samples)",
         estimate,
-        "lower --hidden, --batch-size, --grid or --samples",
+        f"lower {setting('hidden')}, {setting('batch_size')}, {setting('grid_size')} or {setting('samples')}",
     )
     return estimate
 

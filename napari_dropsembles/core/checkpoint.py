@@ -22,7 +22,7 @@ from .. import __version__
 from .budget import check_memory, decoder_parameters
 from .config import ModelConfig
 from .ensemble import DECODER_PARAMS, _decoder_shapes
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, InputError, setting
 from .io import atomic_write_bytes, one_line
 from .model import VoxelEncoder
 from .paths import bundled_prior_path
@@ -73,7 +73,7 @@ def _check_values(name: str, value: torch.Tensor, *, fisher: bool, where: str) -
         bad = int((~torch.isfinite(value)).sum())
         raise CheckpointError(
             f"{where}: tensor {name} has {bad} NaN/inf value(s); the prior is corrupt or its training diverged "
-            "(retrain it, e.g. with a lower --lr)"
+            f"(retrain it, e.g. with a lower {setting('lr')})"
         )
     if fisher and value.numel() and bool((value < 0).any()):
         raise CheckpointError(f"{where}: Fisher tensor {name} has negative values; a Fisher diagonal is never negative")

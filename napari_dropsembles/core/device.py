@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, setting
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
@@ -20,7 +20,11 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' was requested but CUDA is not available; use --device auto or cpu")
+        raise InputError(
+            f"device 'cuda' was requested but CUDA is not available; use {setting('device', 'auto')} or cpu"
+        )
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise InputError("device 'mps' was requested but MPS is not available; use --device auto or cpu")
+        raise InputError(
+            f"device 'mps' was requested but MPS is not available; use {setting('device', 'auto')} or cpu"
+        )
     return torch.device(name)

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .device import resolve_device
-from .errors import InputError
+from .errors import InputError, setting
 from .model import sample_features
 
 
@@ -79,7 +79,7 @@ def shutdown() -> None:
 def shard_indices(count: int, ctx: DistContext) -> range:
     """The sample indices this rank makes and trains on (round robin: disjoint, together all of them)."""
     if count < ctx.world_size:
-        raise InputError(f"--samples {count} must be at least the number of processes ({ctx.world_size})")
+        raise InputError(f"{setting('samples', count)} must be at least the number of processes ({ctx.world_size})")
     return range(ctx.rank, count, ctx.world_size)
 
 
@@ -87,7 +87,7 @@ def local_batch_size(batch_size: int, ctx: DistContext) -> int:
     """Samples per step on this rank: the global batch split evenly."""
     if batch_size % ctx.world_size:
         raise InputError(
-            f"--batch-size {batch_size} must be a multiple of the number of processes ({ctx.world_size})"
+            f"{setting('batch_size', batch_size)} must be a multiple of the number of processes ({ctx.world_size})"
         )
     return batch_size // ctx.world_size
 

@@ -2,9 +2,42 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
+_SETTING = re.compile(r"\{\{([a-z_.]+)(?: ([^}]*))?\}\}")
+
+
+def setting(field: str, value: object | None = None) -> str:
+    """A setting named inside a core message (``{{field value}}``), worded by each front end with
+    :func:`word_settings`: the CLI as its option (``--label 3``), the GUI as its widget field."""
+    return "{{" + field + ("" if value is None else f" {value}") + "}}"
+
+
+def plain_setting(field: str, value: str | None) -> str:
+    """The wording for Python callers: the config field name (``label=3``)."""
+    return field if value is None else f"{field}={value}"
+
+
+def word_settings(message: str, word: Callable[[str, str | None], str] = plain_setting) -> str:
+    """``message`` with every :func:`setting` replaced by ``word(field, value)``."""
+    return _SETTING.sub(lambda m: word(m.group(1), m.group(2)), str(message))
+
 
 class DropsemblesError(Exception):
-    """Base class of every error whose message is shown to the user as is."""
+    """Base class of every error whose message is shown to the user as is.
+
+    A message may name settings with :func:`setting`; ``str(error)`` names them as fields, and each
+    front end words them its own way with :meth:`in_words`.
+    """
+
+    def __init__(self, *args: object) -> None:
+        self.template = str(args[0]) if args else ""
+        super().__init__(word_settings(self.template), *args[1:])
+
+    def in_words(self, word: Callable[[str, str | None], str]) -> str:
+        """The message with its settings worded by ``word(field, value)``."""
+        return word_settings(self.template, word)
 
 
 class InputError(DropsemblesError, ValueError):

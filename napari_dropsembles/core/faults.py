@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 
+from .errors import setting
 from .io import one_line
 
 
@@ -14,8 +15,8 @@ def describe_fault(error: BaseException) -> str:
     """What went wrong and what to do, in one line."""
     if isinstance(error, MemoryError):
         return (
-            "out of memory; use a coarser output spacing (--resolution) or fewer members, or set a lower "
-            "memory limit (--memory-limit GB) so that such requests are refused before they start"
+            f"out of memory; use a coarser output spacing ({setting('resolution_mm')}) or fewer members, or set a "
+            f"lower memory limit ({setting('memory_limit', 'GB')}) so that such requests are refused before they start"
         )
     if isinstance(error, OSError):
         where = f" {error.filename}" if error.filename else ""

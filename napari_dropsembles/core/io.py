@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .budget import check_volume
-from .errors import InputError
+from .errors import InputError, setting
 from .outputs import clean_stale, temp_name
 from .volume import Volume, affine_from_spacing, affine_problem
 
@@ -526,6 +526,17 @@ def _integer_valued(data: np.ndarray) -> bool:
     return bool(np.all(data == np.round(data)))
 
 
+def _looks_like_labels(volume: Volume) -> bool:
+    """Whole numbers that a person could have drawn: none negative, at most ``MAX_LABELS`` labels
+    (a CT in Hounsfield units is an intensity image, not 1,300 labels)."""
+    from .input_kind import MAX_LABELS, labels_of
+
+    data = np.asarray(volume.data)
+    if data.size and float(data.min()) < 0:
+        return False
+    return len(labels_of(data)) <= MAX_LABELS
+
+
 def list_labels(volume: Volume) -> list[int]:
     """Sorted non-zero integer labels of ``volume`` ([] for non-integer float data)."""
     data = np.asarray(volume.data)
@@ -599,7 +610,9 @@ def binary_mask_from_volume(
         if n_bad:
             raise InputError(f"the volume contains {n_bad} NaN/inf values; fix or mask them before reconstruction")
     if label is not None and threshold is not None:
-        raise InputError("pass either a label (--label) or a threshold (--threshold), not both")
+        raise InputError(
+            f"pass either a label ({setting('label')}) or a threshold ({setting('input_threshold')}), not both"
+        )
 
     if threshold is not None:
         try:
@@ -625,7 +638,7 @@ def binary_mask_from_volume(
         if data.dtype == np.bool_:
             mask = data
             how = "binary data"
-        elif data.dtype.kind in "iu" or _integer_valued(data):
+        elif (data.dtype.kind in "iu" or _integer_valued(data)) and _looks_like_labels(volume):
             labels = list_labels(volume)
             if len(labels) <= 1:  # {0, 1}, or one label such as {0, 255}
                 mask = data != 0
@@ -633,24 +646,31 @@ def binary_mask_from_volume(
             else:
                 shown = labels if len(labels) <= 20 else [*labels[:20], "..."]
                 raise InputError(
-                    f"the volume has several labels {shown}; choose one with --label N "
-                    "(e.g. --label " + str(labels[0]) + "), merge them with --label all, "
-                    "or pass --threshold T"
+                    f"the volume has several labels {shown}; choose one with {setting('label', 'N')} "
+                    f"(e.g. {setting('label', labels[0])}), merge them with {setting('label', 'all')}, "
+                    f"or pass {setting('input_threshold', 'T')}"
                 )
         else:
+            from .input_kind import intensity_level
+
             lo, hi = float(data.min()), float(data.max())
+            level, why = intensity_level(data)
             raise InputError(
-                f"the volume holds continuous values in [{lo:g}, {hi:g}], not a 0/1 mask; "
-                "pass --threshold T (voxels >= T become the object), e.g. --threshold 0.5"
+                f"the volume holds intensities in [{lo:g}, {hi:g}], not a mask or a label map; "
+                f"pass {setting('input_threshold', 'T')} (voxels >= T become the object), "
+                f"e.g. {setting('input_threshold', f'{level:g}')} ({why})"
             )
 
     mask = np.asarray(mask, dtype=np.uint8)
     n = int(mask.sum())
     if n == 0:
-        raise InputError(f"the mask is empty (no voxel selected by {how}); check the file, --label or --threshold")
+        raise InputError(
+            f"the mask is empty (no voxel selected by {how}); check the file, {setting('label')} or "
+            f"{setting('input_threshold')}"
+        )
     if n == mask.size:
         raise InputError(
             f"the mask fills the whole volume ({how} selects every voxel); "
-            "check --label or --threshold, or pad the volume with background"
+            f"check {setting('label')} or {setting('input_threshold')}, or pad the volume with background"
         )
     return Volume(mask, volume.affine)

@@ -22,7 +22,7 @@ from .config import ModelConfig, PretrainConfig
 from .data import Corruption, Shape, near_surface_points, random_corruption, random_vertebra, simulate_observation
 from .distributed import DistContext, TrainingNet, local_batch_size, mean_over_ranks, shard_indices, train_step, wrap
 from .ensemble import EnsembleDecoder
-from .errors import InputError
+from .errors import InputError, setting
 from .ewc import diagonal_fisher
 from .frame import make_case
 from .model import VoxelEncoder, sample_features
@@ -217,7 +217,7 @@ def pretrain_model_steps(
         if not np.isfinite(step_loss):
             raise InputError(
                 f"pretraining diverged: the loss became {step_loss} at step {step} of {config.steps}; "
-                f"nothing was saved; lower the learning rate (--lr, now {config.lr:g})"
+                f"nothing was saved; lower the learning rate ({setting('lr')}, now {config.lr:g})"
             )
         yield Progress(
             "pretrain",

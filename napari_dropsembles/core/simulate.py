@@ -9,7 +9,7 @@ import numpy as np
 
 from .budget import check_memory
 from .data import Corruption, random_vertebra, simulate_observation, voxelize
-from .errors import InputError
+from .errors import InputError, setting
 from .io import atomic_write_bytes, ensure_writable_dir, write_volume
 from .volume import Volume
 
@@ -19,9 +19,13 @@ def _check_sizes(shape, corruption: Corruption, gt_spacing_mm: float) -> None:
     lo, hi = (np.asarray(b, dtype=float) for b in shape.bounds_mm())
     extent = hi - lo + 12.0  # the margins the grids add
     for name, spacing, change, supersample in (
-        ("the ground truth", np.full(3, float(gt_spacing_mm)), "use a coarser --gt-spacing", 1),
-        ("the observation", np.asarray(corruption.spacing, dtype=float), "use a coarser --in-plane spacing",
-         corruption.subsamples),
+        ("the ground truth", np.full(3, float(gt_spacing_mm)), f"use a coarser {setting('gt_spacing_mm')}", 1),
+        (
+            "the observation",
+            np.asarray(corruption.spacing, dtype=float),
+            f"use a coarser {setting('in_plane_mm')} spacing",
+            corruption.subsamples,
+        ),
     ):
         if not np.all(np.isfinite(spacing) & (spacing > 0)):
             raise InputError(f"{name}'s voxel size must be a positive number of mm, got {spacing.tolist()}")
