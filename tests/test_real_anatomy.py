@@ -152,3 +152,19 @@ def test_the_thick_axis_becomes_the_frames_last_axis_whatever_its_voxel_axis(tru
         np.testing.assert_allclose(np.abs(frame.rotation[:, 2]), np.eye(3)[axis], atol=1e-12)
     isotropic = frame_from_observation(truth)
     np.testing.assert_allclose(isotropic.rotation, np.eye(3), atol=1e-12)  # world-aligned
+
+
+def test_an_empty_slice_read_as_not_annotated_is_uncertain_not_observed(truth):
+    observation = keep_every_kth_slice(truth, 2, axis=2, offset=0)
+    data = np.array(observation.data)
+    filled = np.flatnonzero(data.any(axis=(0, 1)))
+    gap = int(filled[len(filled) // 2])
+    data[:, :, gap] = 0  # nobody annotated this slice
+    holed = observation.with_data(data)
+    model = SliceUncertainty.fit(holed)
+    assert gap in model.field.gaps.tolist()
+    in_plane = np.argwhere(np.ones(holed.shape[:2], dtype=bool))
+    on_gap = holed.index_to_world(np.c_[in_plane, np.full(len(in_plane), gap)])
+    on_kept = holed.index_to_world(np.c_[in_plane, np.full(len(in_plane), gap + 1)])
+    assert model.between_sigma_mm(on_gap).max() > 0.5  # midway between the observed neighbours
+    assert model.between_sigma_mm(on_kept).max() == pytest.approx(0.0, abs=1e-6)

@@ -106,21 +106,27 @@ class SliceUncertainty:
             field=field,
         )
 
-    def _between(self, points_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        """(t (1 - t), |s1 - s0|, gap) at world points, from the neighbouring observed slices."""
+    def _between(self, points_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(t (1 - t), |s1 - s0|, gap mm) at world points, from the nearest observed slices on either
+        side: an empty slice read as not annotated is not one of them (its distances are interpolated),
+        and the empty layer assumed beyond each end of the grid is."""
         assert self.field is not None
-        inverse = self.field._inverse
+        field = self.field
+        inverse = field._inverse
         index = (np.asarray(points_mm, dtype=np.float64) @ inverse[:3, :3].T + inverse[:3, 3]).T
-        axis = self.field.axis
-        lower = np.floor(index[axis])
-        t = index[axis] - lower
+        axis, count = field.axis, field.observation.shape[field.axis]
+        known = np.setdiff1d(np.arange(-1, count + 1), field.gaps).astype(np.float64)
+        u = np.clip(index[axis], -1.0, float(count))
+        upper_at = np.clip(np.searchsorted(known, u, side="right"), 1, len(known) - 1)
+        lower, upper = known[upper_at - 1], known[upper_at]
+        t = np.clip((u - lower) / (upper - lower), 0.0, 1.0)
         below, above = index.copy(), index.copy()
-        below[axis], above[axis] = lower, lower + 1
-        change = np.abs(self.field.at_index(above) - self.field.at_index(below))
-        return t * (1 - t), change, float(self.field.observation.spacing[axis])
+        below[axis], above[axis] = lower, upper
+        change = np.abs(field.at_index(above) - field.at_index(below))
+        return t * (1 - t), change, (upper - lower) * float(field.observation.spacing[axis])
 
     def between_sigma_mm(self, points_mm: np.ndarray) -> np.ndarray:
-        """Positional uncertainty (mm) of the interpolated surface at world points; 0 on the slices."""
+        """Positional uncertainty (mm) of the interpolated surface at world points; 0 on observed slices."""
         tt, change, gap = self._between(points_mm)
         return (tt * np.sqrt((self.change_gain * change) ** 2 + (self.gap_gain * gap) ** 2)).astype(np.float32)
 
