@@ -74,6 +74,18 @@ def errors(notes) -> list[str]:
 
 
 @pytest.fixture
+def sync_workers(monkeypatch):
+    """Workers run to the end in the calling thread: GUI tests that do not race."""
+    monkeypatch.setenv("DROPSEMBLES_SYNC_WORKERS", "1")
+
+
+def open_widget(viewer, title: str = "Reconstruct with uncertainty"):
+    """Dock one of the plugin's widgets through napari and return it."""
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-dropsembles", title)
+    return widget
+
+
+@pytest.fixture
 def tiny_prior_path(tmp_path):
     from napari_dropsembles.core.checkpoint import save_prior
 

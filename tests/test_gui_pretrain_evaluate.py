@@ -14,13 +14,9 @@ from .gui_support import add_volume, errors, requires_gui
 pytestmark = [requires_gui, pytest.mark.gui]
 viewer = gui_support.viewer  # fixtures
 notifications = gui_support.notifications
+sync_workers = gui_support.sync_workers
 
 PLUGIN = "napari-dropsembles"
-
-
-@pytest.fixture
-def sync_workers(monkeypatch):
-    monkeypatch.setenv("DROPSEMBLES_SYNC_WORKERS", "1")
 
 
 def test_trained_prior_is_saved_and_becomes_selectable_for_reconstruction(

@@ -14,20 +14,13 @@ from .gui_support import add_volume, errors, requires_gui, tiny_settings, two_sp
 viewer = gui_support.viewer  # fixtures
 notifications = gui_support.notifications
 tiny_prior_path = gui_support.tiny_prior_path
+sync_workers = gui_support.sync_workers
+open_widget = gui_support.open_widget
 
 pytestmark = [requires_gui, pytest.mark.gui]
 
 PLUGIN, WIDGET = "napari-dropsembles", "Reconstruct with uncertainty"
 
-
-@pytest.fixture
-def sync_workers(monkeypatch):
-    monkeypatch.setenv("DROPSEMBLES_SYNC_WORKERS", "1")
-
-
-def open_widget(viewer):
-    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
-    return widget
 
 
 def results_by_role(viewer) -> dict:

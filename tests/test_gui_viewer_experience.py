@@ -17,19 +17,12 @@ from .gui_support import add_volume, requires_gui, tiny_settings, two_spheres
 viewer = gui_support.viewer  # fixtures
 notifications = gui_support.notifications
 tiny_prior_path = gui_support.tiny_prior_path
+sync_workers = gui_support.sync_workers
+open_widget = gui_support.open_widget
 
 pytestmark = [requires_gui, pytest.mark.gui]
 PLUGIN, WIDGET = "napari-dropsembles", "Reconstruct with uncertainty"
 
-
-@pytest.fixture
-def sync_workers(monkeypatch):
-    monkeypatch.setenv("DROPSEMBLES_SYNC_WORKERS", "1")
-
-
-def open_widget(viewer):
-    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
-    return widget
 
 
 def combo_texts(combo) -> list[str]:

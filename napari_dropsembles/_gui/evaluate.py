@@ -20,8 +20,8 @@ from qtpy.QtWidgets import (
 from ..core.errors import DropsemblesError, InputError
 from .common import RunPanel, notify_error, scroll_layout, shrinkable_combos
 from .layers import TAG, layer_to_volume, role_of
-from .run import RunController, shutdown_on_destroy
-from .state import RunState, RunStatus
+from .run import RunController, RunnerBacked, shutdown_on_destroy
+from .state import RunState
 from .tasks import EvaluateOutput, EvaluateRequest, evaluate_task
 from .workers import Outcome, Task
 
@@ -82,7 +82,7 @@ class ReliabilityCanvas(QWidget):
         self.canvas.draw_idle()
 
 
-class EvaluateWidget(QWidget):
+class EvaluateWidget(RunnerBacked, QWidget):
     """Evaluate against ground truth: Dice, HD95, ECE, NLL, Brier, uncertainty-error AUROC; reliability."""
 
     def __init__(self, napari_viewer) -> None:
@@ -124,18 +124,6 @@ class EvaluateWidget(QWidget):
             event.connect(self.reset_choices)
         shutdown_on_destroy(self, self.runner)
         self.reset_choices()
-
-    @property
-    def status(self) -> RunStatus:
-        return self.runner.status
-
-    @property
-    def sync(self) -> bool | None:
-        return self.runner.sync
-
-    @sync.setter
-    def sync(self, value: bool | None) -> None:
-        self.runner.sync = value
 
     # ------------------------------------------------------------------ choices
 

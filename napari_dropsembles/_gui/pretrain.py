@@ -14,8 +14,8 @@ from ..core.device import DEVICE_CHOICES
 from ..core.errors import DropsemblesError, InputError
 from ..core.pretrain import PretrainConfig
 from .common import RunPanel, known_priors, notify_error, notify_info, scroll_layout
-from .run import RunController, shutdown_on_destroy
-from .state import RunState, RunStatus
+from .run import RunController, RunnerBacked, shutdown_on_destroy
+from .state import RunState
 from .tasks import PretrainOutput, PretrainRequest, pretrain_task
 from .workers import Outcome, Task
 
@@ -23,7 +23,7 @@ PROCEDURAL = "procedural"
 FOLDER = "folder"
 
 
-class TrainPriorWidget(QWidget):
+class TrainPriorWidget(RunnerBacked, QWidget):
     """Pretrain a prior (with its EWC Fisher) and make it selectable in the Reconstruct widget."""
 
     def __init__(self, napari_viewer=None) -> None:
@@ -76,18 +76,6 @@ class TrainPriorWidget(QWidget):
         layout.addWidget(self.info)
         layout.addStretch(1)
         shutdown_on_destroy(self, self.runner)
-
-    @property
-    def status(self) -> RunStatus:
-        return self.runner.status
-
-    @property
-    def sync(self) -> bool | None:
-        return self.runner.sync
-
-    @sync.setter
-    def sync(self, value: bool | None) -> None:
-        self.runner.sync = value
 
     def model_config(self) -> ModelConfig:
         """The architecture: ``base_model`` (encoder widths etc.) with the form's grid, width, blocks, dropout."""

@@ -60,8 +60,8 @@ from .layers import (
     role_of,
     show_for_ndisplay,
 )
-from .run import RunController, shutdown_on_destroy
-from .state import RunState, RunStatus
+from .run import RunController, RunnerBacked, shutdown_on_destroy
+from .state import RunState
 from .tasks import (
     ALL_LABELS,
     EACH_LABEL,
@@ -153,7 +153,7 @@ class StructureTable(QTableWidget):
             self.names[self.rows[item.row()].label] = item.text().strip() or f"label {self.rows[item.row()].label}"
 
 
-class ReconstructWidget(QWidget):
+class ReconstructWidget(RunnerBacked, QWidget):
     """Reconstruct with uncertainty: pick a segmentation (or threshold an image), press Run, read the result.
 
     The run's state lives in one :class:`~.run.RunController`; the result views (threshold slider,
@@ -266,18 +266,6 @@ class ReconstructWidget(QWidget):
         self._device_changed()
         self._prior_changed()
         start_warm_up()
-
-    @property
-    def status(self) -> RunStatus:
-        return self.runner.status
-
-    @property
-    def sync(self) -> bool | None:
-        return self.runner.sync
-
-    @sync.setter
-    def sync(self, value: bool | None) -> None:
-        self.runner.sync = value
 
     @property
     def task(self) -> Task | None:

@@ -109,3 +109,22 @@ def shutdown_on_destroy(widget, controller: RunController) -> None:
 
 def _shutdown(controller: RunController, *_args) -> None:
     controller.shutdown()
+
+
+class RunnerBacked:
+    """For a widget that holds a :class:`RunController` as ``runner``: its run status, and whether its
+    workers run synchronously (tests), read from the controller."""
+
+    runner: RunController
+
+    @property
+    def status(self) -> RunStatus:
+        return self.runner.status
+
+    @property
+    def sync(self) -> bool | None:
+        return self.runner.sync
+
+    @sync.setter
+    def sync(self, value: bool | None) -> None:
+        self.runner.sync = value
