@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import InputError
 from ..volume import Volume
 from . import flip_lps_ras
-from .segments import Segment, SegmentedVolume, default_segments
+from .segments import Segment, SegmentedVolume, label_map_segments
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 _MAX_FILES = 20000
@@ -230,12 +230,7 @@ def write_dicom_seg(
         seg_type = hd.seg.SegmentationTypeValues.FRACTIONAL
         numbered = [(1, segments[0])]
     else:
-        data = np.asarray(labels.data)
-        if data.dtype.kind == "f" and not np.all(data == np.round(data)):
-            raise InputError(f"{path}: a BINARY segmentation needs integer labels; threshold the map first")
-        segments = tuple(segments) if segments else default_segments(labels)
-        if not segments:
-            raise InputError(f"{path}: the label map is empty; nothing to write as a segmentation")
+        data, segments = label_map_segments(path, labels, segments, "a BINARY segmentation")
         sampled = _sample_on(Volume(data.astype(np.int32), labels.affine), target, grid.spatial_shape, order=0)
         numbered = list(enumerate(sorted(segments, key=lambda s: s.label), start=1))
         pixels = np.zeros(grid.spatial_shape, dtype=np.uint8 if len(numbered) < 256 else np.uint16)

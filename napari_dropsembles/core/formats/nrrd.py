@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..volume import Volume
-from .segments import Segment, SegmentedVolume, default_segments
+from .segments import Segment, SegmentedVolume, label_map_segments
 
 # sign of each world axis relative to RAS
 _SPACE_SIGNS = {
@@ -193,12 +193,7 @@ def write_seg_nrrd(
     are dropped, so that the file and its segment list agree.
     """
     path = Path(path)
-    data = np.asarray(labels.data)
-    if data.dtype.kind == "f" and not np.all(data == np.round(data)):
-        raise InputError(f"{path}: a segmentation needs integer labels; threshold the map first")
-    segments = tuple(segments) if segments else default_segments(labels)
-    if not segments:
-        raise InputError(f"{path}: the label map is empty; nothing to write as a segmentation")
+    data, segments = label_map_segments(path, labels, segments)
     top = max(s.label for s in segments)
     dtype = np.uint8 if top < 256 else np.uint16 if top < 65536 else np.int32
     out = np.zeros(data.shape, dtype=dtype)

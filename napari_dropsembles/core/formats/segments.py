@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InputError
 from ..volume import Volume
 
 # Slicer's first generic anatomy colours (0-1 RGB), used when a segment has none
@@ -57,3 +59,17 @@ def default_segments(labels: Volume, names: dict[int, str] | None = None) -> tup
     values = np.unique(np.asarray(labels.data))
     names = names or {}
     return tuple(Segment(int(v), names.get(int(v), f"Segment_{int(v)}")) for v in values if v != 0)
+
+
+def label_map_segments(
+    path: object, labels: Volume, segments: Sequence[Segment] | None, what: str = "a segmentation"
+) -> tuple[np.ndarray, tuple[Segment, ...]]:
+    """(integer-valued label data, its segments) for writing ``labels`` as ``what``; one-line errors
+    for a map that is not whole numbers or that holds no label."""
+    data = np.asarray(labels.data)
+    if data.dtype.kind == "f" and not np.all(data == np.round(data)):
+        raise InputError(f"{path}: {what} needs integer labels; threshold the map first")
+    chosen = tuple(segments) if segments else default_segments(labels)
+    if not chosen:
+        raise InputError(f"{path}: the label map is empty; nothing to write as a segmentation")
+    return data, chosen
