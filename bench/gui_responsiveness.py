@@ -107,6 +107,15 @@ def other_thread_stacks(depth: int = 3) -> list[str]:
     return found
 
 
+def settle(app, seconds: float = 0.3) -> float:
+    """Let the event loop run ``seconds`` (the repaint after a change, and the timer's next tick) and say when."""
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        app.processEvents()
+        time.sleep(0.001)
+    return until
+
+
 def summary(gaps: np.ndarray) -> dict:
     if not len(gaps):
         return {"ticks": 0}
@@ -131,8 +140,15 @@ def worst_gaps(recorder, start, stop, phases, callbacks, count: int = 5) -> list
         begin, end = t[i], t[i + 1]
         phase = next((name for when, name in reversed(phases) if when <= end), "start")
         handled = sum(ms for when, ms in callbacks if begin <= when <= end)
-        found.append({"at_s": round(begin - start, 2), "gap_ms": round(1000 * (end - begin), 1), "phase": phase,
-                      "progress_handling_ms": round(handled, 1), "worker_at_the_end": recorder.stacks.get(end, [])})
+        found.append(
+            {
+                "at_s": round(begin - start, 2),
+                "gap_ms": round(1000 * (end - begin), 1),
+                "phase": phase,
+                "progress_handling_ms": round(handled, 1),
+                "worker_at_the_end": recorder.stacks.get(end, []),
+            }
+        )
     return found
 
 
@@ -143,8 +159,18 @@ def main(argv=None) -> int:
     parser.add_argument("--members", type=int, default=None)
     parser.add_argument("--spacing", type=float, default=0.0, help="output spacing mm (0: the input's finest)")
     parser.add_argument("--json", type=Path, help="write the numbers here too")
-    parser.add_argument("--hidden", action="store_true",
-                        help="do not show the window: measures the plugin without the cost of drawing")
+    parser.add_argument(
+        "--reruns",
+        type=int,
+        default=1,
+        help="run again this many times after the threshold drag (results updated in place)",
+    )
+    parser.add_argument(
+        "--refines", type=int, default=0, help="then press Refine (Annotate next) this many times (issue 13)"
+    )
+    parser.add_argument(
+        "--hidden", action="store_true", help="do not show the window: measures the plugin without the cost of drawing"
+    )
     args = parser.parse_args(argv)
 
     import napari
@@ -156,8 +182,10 @@ def main(argv=None) -> int:
     register_plugin()
     prior = args.prior
     if prior is None:
-        prior = bundled_prior_path() if bundled_prior_path().is_file() else untrained_prior(
-            Path("/tmp") / "dropsembles_bench_untrained_prior.safetensors"
+        prior = (
+            bundled_prior_path()
+            if bundled_prior_path().is_file()
+            else untrained_prior(Path("/tmp") / "dropsembles_bench_untrained_prior.safetensors")
         )
     viewer = napari.Viewer(show=not args.hidden)
     viewer.window._qt_window.resize(1600, 1000)
@@ -209,6 +237,7 @@ def main(argv=None) -> int:
     setattr(owner, name, timed_on_progress)
     started = time.perf_counter()
     task = widget.run()
+    run_call_ms = 1000 * (time.perf_counter() - started)  # pressing Run: the main thread's own work
     computing_done = None
     while widget.status.state is RunState.RUNNING:
         app.processEvents()
@@ -216,6 +245,7 @@ def main(argv=None) -> int:
             computing_done = time.perf_counter()
         time.sleep(0.001)
     placed = time.perf_counter()
+    settled = settle(app)  # the repaint after the last layer is part of placing them
     if widget.status.state is not RunState.DONE:
         print(f"the run did not finish: {widget.status.state} {widget.status.message}", file=sys.stderr)
         return 1
@@ -232,13 +262,42 @@ def main(argv=None) -> int:
         app.processEvents()
         time.sleep(0.001)
     drag_stop = time.perf_counter()
+    first_placements = list(placements)
+    reruns = []
+    refine = getattr(getattr(widget, "annotate", None), "refine", None)  # Annotate next's Refine (issue 13)
+    passes = [("rerun", widget.run)] * args.reruns + ([("refine", refine)] * args.refines if refine else [])
+    for kind, start in passes:  # the same input again: the result layers are updated in place
+        placements_before = len(placements)
+        again = time.perf_counter()
+        rerun_task = start()
+        rerun_call_ms = 1000 * (time.perf_counter() - again)
+        rerun_done = None
+        while widget.status.state is RunState.RUNNING:
+            app.processEvents()
+            if rerun_done is None and rerun_task.outcome is not None:
+                rerun_done = time.perf_counter()
+            time.sleep(0.001)
+        rerun_placed = time.perf_counter()
+        rerun_settled = settle(app)
+        reruns.append(
+            {
+                "kind": kind,
+                "run_s": round(rerun_placed - again, 2),
+                "pressing_run_ms": round(rerun_call_ms, 1),
+                "during_the_run": summary(recorder.gaps_ms(again, rerun_done or rerun_placed)),
+                "placing_the_layers": summary(recorder.gaps_ms(rerun_done or rerun_placed, rerun_settled)),
+                "each_layer_placement_ms": placements[placements_before:],
+            }
+        )
     recorder.stop()
 
     output = widget.current
     report = {
         "prior": str(prior),
         "config": {
-            "method": widget.method.value, "members": widget.members.value, "steps": widget.steps.value,
+            "method": widget.method.value,
+            "members": widget.members.value,
+            "steps": widget.steps.value,
             "spacing_mm": widget.spacing.value or "input's finest",
         },
         "grid": list(output.structures.mean.shape),
@@ -246,15 +305,17 @@ def main(argv=None) -> int:
         "device": output.structures.device,
         "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
         "run_s": round(placed - started, 2),
+        "pressing_run_ms": round(run_call_ms, 1),
         "idle_baseline": summary(recorder.gaps_ms(idle_start, started)),
         "during_the_run": summary(recorder.gaps_ms(started, computing_done or placed)),
-        "placing_the_layers": summary(recorder.gaps_ms(computing_done or placed, placed)),
-        "each_layer_placement_ms": placements,
+        "placing_the_layers": summary(recorder.gaps_ms(computing_done or placed, settled)),
+        "each_layer_placement_ms": first_placements,
         "whole_run": summary(recorder.gaps_ms(started, placed)),
         "dragging_the_threshold": summary(recorder.gaps_ms(drag_start, drag_stop)),
         "last_remesh_ms": round(1000 * widget.last_remesh.elapsed_s, 1) if widget.last_remesh else None,
         "progress_handling_ms": summary(np.array([ms for _when, ms in callbacks])),
         "longest_gaps_during_the_run": worst_gaps(recorder, started, placed, phases, callbacks),
+        "reruns": reruns,
     }
     text = json.dumps(report, indent=2)
     print(text)

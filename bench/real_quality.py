@@ -9,6 +9,7 @@ Prints markdown and JSON and writes both to ``--out`` (default docs/real_quality
 
     python -m bench.real_quality                       # axis 2, both configurations (~15 min, 2 cores)
     python -m bench.real_quality --axes 0 1 2          # every thick-axis direction
+    python -m bench.real_quality --prior my.safetensors --cases vertebrae_T12 --no-other   # another prior
 """
 
 from __future__ import annotations
@@ -142,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--other", action=argparse.BooleanOptionalAction, default=True, help="non-vertebra shapes")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--out", type=Path, default=Path("docs/real_quality"))
+    parser.add_argument("--prior", type=Path, default=PRIOR, help="prior to reconstruct with (default: bundled)")
     args = parser.parse_args(argv)
-    prior = load_prior(PRIOR)
+    prior = load_prior(args.prior)
     configs = {label: CONFIGS[label] for label in args.configs}
     rows = []
     for name in args.cases:

@@ -11,7 +11,10 @@ Two scenes, each with the window at 1280 x 800 (a laptop screen) and the widget 
   mesh coloured by variance, colour bar) and ``screenshot_ct_table.png`` (a sagittal slice, L2
   selected in the table and highlighted);
 - the bundled sample (a procedural vertebra at 1 x 1 x 4 mm): ``screenshot_2d_variance.png`` and
-  ``screenshot_3d_mesh.png``.
+  ``screenshot_3d_mesh.png``;
+- annotate next (``--scene annotate``): the sample's dense ground truth annotated on every 8th axial slice
+  of its own grid; one round of the loop (the two suggested slices painted from the ground truth,
+  Refine), then the next suggestion outlined, with the history in the dock: ``screenshot_annotate_loop.png``.
 
 Each canvas is checked not to be black. Uses the bundled prior; without it, ``--prior`` or a small
 prior pretrained on the spot.
@@ -244,6 +247,53 @@ def sample_scene(args, prior_path: Path, observation_path: Path, truth_path: Pat
     viewer.close()
 
 
+def annotate_scene(args, prior_path: Path, truth_path: Path | None, app) -> None:
+    """The annotate-next loop on a sparse annotation of the sample's ground truth (every 8th axial slice)."""
+    from napari_dropsembles.core.io import read_volume
+
+    if truth_path is None:
+        print("annotate scene skipped: it needs the sample's ground truth")
+        return
+    viewer = new_viewer()
+    truth = read_volume(truth_path)
+    sparse = np.zeros_like(truth.data)
+    sparse[:, :, ::8] = truth.data[:, :, ::8]
+    annotation = viewer.add_labels(sparse, name="vertebra annotation", **truth.napari_frame())
+    viewer.add_labels(truth.data, name="vertebra ground truth", visible=False, **truth.napari_frame())
+    widget = open_widget(viewer, prior_path, args.steps)
+    widget.input.value = annotation
+    widget.spacing.value = args.spacing
+    layers = run_widget(widget, app)
+    panel = widget.annotate
+    for _ in range(2):  # the user: the two best slices painted (here from the ground truth), then Refine
+        panel.suggest_button.click()
+        axis, index = layers_suggestion(viewer)
+        where = [slice(None)] * 3
+        where[axis] = index
+        plane = np.zeros(truth.shape, bool)
+        plane[tuple(where)] = True
+        annotation.data_setitem(np.nonzero(plane & (np.asarray(truth.data) > 0)), 1)
+    panel.refine_button.click()
+    settle(app)
+    panel.suggest_button.click()  # where to annotate next, outlined (the whole slice framed)
+    corners = truth.index_to_world(np.array([[0, 0, 0], np.asarray(truth.shape) - 1]))
+    zoom_on(viewer, corners.mean(axis=0), np.abs(corners[1] - corners[0]) + 2.0, app, fill=0.95)
+    widget.scroll_area.ensureWidgetVisible(panel.history_table)
+    settle(app)
+    save_checked(viewer, args.out_dir / "screenshot_annotate_loop.png", 0.02)
+    print("history:", [(r, s, round(e.voxels), d) for r, s, e, d in panel.history[widget.current.frame.source_id]])
+    assert layers  # the result layers the loop updated in place
+    viewer.close()
+
+
+def layers_suggestion(viewer) -> tuple[int, int]:
+    from napari_dropsembles._gui.layers import TAG, role_of
+
+    outline = next(layer for layer in viewer.layers if role_of(layer) == "suggestion")
+    axis, index = outline.metadata[TAG]["slice"]
+    return int(axis), int(index)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--observation", type=Path, help="a low-resolution segmentation (default: the sample)")
@@ -252,7 +302,7 @@ def main(argv=None) -> int:
     parser.add_argument("--pretrain-steps", type=int, default=300, help="for the fallback prior")
     parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: the widget's)")
     parser.add_argument("--spacing", type=float, default=0.0, help="output spacing mm (0: the input's finest)")
-    parser.add_argument("--scene", choices=("all", "ct", "sample"), default="all")
+    parser.add_argument("--scene", choices=("all", "ct", "sample", "annotate"), default="all")
     parser.add_argument("--out-dir", type=Path, default=DOCS)
     args = parser.parse_args(argv)
 
@@ -266,6 +316,8 @@ def main(argv=None) -> int:
         ct_scene(args, prior_path, app)
     if args.scene in ("all", "sample"):
         sample_scene(args, prior_path, observation_path, truth_path, app)
+    if args.scene in ("all", "annotate"):
+        annotate_scene(args, prior_path, truth_path, app)
     return 0
 
 

@@ -1,6 +1,7 @@
-"""npe2 writers: Surface layers to PLY/OBJ/STL (napari's RAS world mm, as before) and to VTP/VTK/GLB
-(LPS mm, 3D Slicer's convention, variance as point data); Image and Labels layers to NIfTI, NRRD,
-MetaImage or OME-Zarr, Labels also to a Slicer .seg.nrrd keeping the layer's label names and colours.
+"""npe2 writers: Surface layers to PLY/OBJ/STL (napari's RAS world mm, as before, tagged SPACE=RAS) and
+to VTP/VTK/GLB (LPS mm, 3D Slicer's convention, tagged SPACE=LPS, variance as point data); Image and
+Labels layers to NIfTI, NRRD, MetaImage or OME-Zarr, Labels also to a Slicer .seg.nrrd keeping the
+layer's label names and colours.
 
 napari hands writers the layer's state; its transform (scale, translate, rotate, shear, affine)
 is turned into the voxel -> world mm affine exactly as the Reconstruct widget reads layers.
@@ -19,7 +20,7 @@ from .core.faults import describe_fault
 from .core.formats.mesh_io import write_mesh_file
 from .core.formats.segments import Segment
 from .core.io import write_volume
-from .core.mesh import Mesh, write_mesh
+from .core.mesh import Mesh
 from .core.volume import Volume
 
 
@@ -60,8 +61,9 @@ def _surface_mesh(data, meta: dict) -> Mesh:
 
 @_one_line_faults
 def write_surface(path: str, data, meta: dict) -> list[str]:
-    """PLY/OBJ/STL in napari's world (RAS mm for volumes read by this plugin)."""
-    return [str(write_mesh(path, _surface_mesh(data, meta)))]
+    """PLY/OBJ/STL in napari's world (RAS mm for volumes read by this plugin), stated as ``SPACE=RAS`` in
+    the PLY/OBJ comment or STL header; vertex values as PLY properties 'variance' and 'quality'."""
+    return [str(write_mesh_file(path, _surface_mesh(data, meta), space="RAS"))]
 
 
 @_one_line_faults

@@ -224,7 +224,29 @@ def add_reconstruction_options(p: argparse.ArgumentParser) -> None:
         help="slices (default): members read the slice interpolation shifted by the between-slice uncertainty "
         "learned from held-out slices; none: every member reads the same input",
     )
+    p.add_argument(
+        "--annotation-axis",
+        type=int,
+        choices=(0, 1, 2),
+        default=base.annotation_axis,
+        help="the axis a fine-grid scan was annotated along, every few slices: its empty slices are not annotated "
+        "(default: the thick axis, else detected)",
+    )
+    p.add_argument(
+        "--annotated-empty",
+        type=_slice_list,
+        default=base.annotated_empty,
+        metavar="I,J,...",
+        help="slices of the annotation axis annotated as empty (background), not left out",
+    )
     p.add_argument("--device", choices=DEVICE_CHOICES, default=base.device)
+
+
+def _slice_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"needs slice indices separated by commas, got {text!r}") from None
 
 
 def config_from_args(args: argparse.Namespace, **more: object):
@@ -243,6 +265,8 @@ def config_from_args(args: argparse.Namespace, **more: object):
         threshold=args.level,
         empty_slices=args.empty_slices,
         member_diversity=args.member_diversity,
+        annotation_axis=args.annotation_axis,
+        annotated_empty=args.annotated_empty,
         device=args.device,
         seed=args.seed,
         **more,
@@ -258,6 +282,26 @@ def memory_option(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="GB",
         help=f"refuse work estimated to need more memory (default: ${ENV_VAR}, else 80%% of the RAM)",
+    )
+
+
+def resume_options(p: argparse.ArgumentParser) -> None:
+    from .core.refine import REFINE_STEPS
+
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="refine the result in DIR (written by reconstruct or suggest) with the updated observation: its members "
+        "warm-start and its settings are kept (options of the first run are ignored, --device aside)",
+    )
+    p.add_argument(
+        "--refine-steps",
+        type=_non_negative_int,
+        default=REFINE_STEPS,
+        metavar="N",
+        help=f"with --resume: fine-tuning steps of the round (default {REFINE_STEPS})",
     )
 
 
@@ -286,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="prior .safetensors (default: the bundled one); repeat to combine single-model priors for a deep ensemble",
     )
     add_reconstruction_options(rec)
+    resume_options(rec)
     rec.add_argument("--like", type=Path, default=None, help="write the outputs on this reference volume's grid")
     rec.add_argument(
         "--threshold",
@@ -320,6 +365,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(rec)
 
+    sug = sub.add_parser(
+        "suggest",
+        help="reconstruct (or refine --resume DIR) and rank the slices to annotate next; write suggestions.json",
+    )
+    sug.add_argument("observation", type=Path, help="segmentation volume, annotated every few slices")
+    sug.add_argument("--out", type=_output_arg, required=True, help="output folder (the result and suggestions.json)")
+    sug.add_argument("--prior", type=Path, action="append", help="prior .safetensors (default: the bundled one)")
+    sug.add_argument("--n", type=_positive_int, default=5, help="how many slices to suggest (default 5)")
+    sug.add_argument(
+        "--axis",
+        type=int,
+        choices=(0, 1, 2),
+        default=None,
+        help="suggest along this voxel axis (default: the thick or annotation axis)",
+    )
+    add_reconstruction_options(sug)
+    resume_options(sug)
+    sug.add_argument(
+        "--threshold",
+        type=_finite_float,
+        default=None,
+        metavar="T",
+        help="binarise a non-binary input: voxels >= T are the object",
+    )
+    sug.add_argument("--label", type=_label, default=None, help="label to use in a multi-label volume")
+    common(sug)
+
     pre = sub.add_parser("pretrain", help="train a prior on procedural vertebrae (or a folder of dense masks)")
     pre.add_argument("--out", type=_output_arg, required=True, help="checkpoint path (.safetensors)")
     pre.add_argument("--data", type=Path, default=None, help="folder of dense mask volumes (default: procedural)")
@@ -337,6 +409,22 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=1024,
         help="training samples made up front (each a shape with random slicing and corruption)",
+    )
+    pre.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        metavar="PRIOR",
+        help="fine-tune this prior (e.g. the bundled one: 'bundled') on the data instead of starting from random "
+        "weights; its architecture and dropout are kept (--grid/--hidden/--blocks/--dropout are ignored)",
+    )
+    pre.add_argument(
+        "--slice-axes",
+        type=int,
+        nargs="+",
+        default=[2],
+        metavar="AXIS",
+        help="voxel axes of the training shapes a random slicing may be thick along (0 1 2: every direction)",
     )
     pre.add_argument("--steps", type=_positive_int, default=2000)
     pre.add_argument("--batch-size", type=_positive_int, default=8)
@@ -386,7 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="structures of cases whose manifest names none: 'each' label, 'all' merged, or '1,2,3' (default: binary)",
     )
     many.add_argument(
-        "--workers", type=_non_negative_int, default=None,
+        "--workers",
+        type=_non_negative_int,
+        default=None,
         help="LocalCluster worker processes (default: sized to the machine; 0 = run in this process)",
     )
     many.add_argument("--scheduler", default=None, metavar="ADDRESS", help="use a running dask scheduler (tcp://...)")
@@ -400,7 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=_output_arg, default=Path("dropsembles-demo"), help="output folder")
     demo.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     demo.add_argument(
-        "--view", action=argparse.BooleanOptionalAction, default=None,
+        "--view",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="open napari with the sample, the result layers and the widget (default: when a display is present)",
     )
     common(demo)
@@ -445,38 +537,76 @@ def _load_priors(paths: Sequence[Path] | None):
     )
 
 
-def cmd_reconstruct(args: argparse.Namespace) -> int:
+def _fit(args: argparse.Namespace, prior, observation, target, printer):
+    """Reconstruct, or with ``--resume`` refine the earlier result; the config comes from the options or the result."""
+    from .core.pipeline import reconstruct_steps
+
+    if args.resume is None:
+        config = config_from_args(args, keep_members=getattr(args, "members_out", False))
+        return drive(reconstruct_steps(observation, prior, config, target=target), printer)
+    from dataclasses import replace
+
+    from .core.refine import read_warm_start, refine_steps
+
+    start = read_warm_start(args.resume, prior)
+    config = replace(start.config, device=args.device)
+    return drive(refine_steps(start, observation, config, steps=args.refine_steps, target=target), printer)
+
+
+def _check_request(args: argparse.Namespace, prior, observation, target, ground_truth) -> None:
     from .core.budget import check_reconstruction_request
+    from .core.methods import check_prior
+
+    if args.resume is not None:
+        return  # the first run's settings: checked when it ran
+    config = config_from_args(args, keep_members=getattr(args, "members_out", False))
+    check_prior(config, prior)
+    check_reconstruction_request(
+        observation, prior, config, target, ground_truth.shape if ground_truth is not None else None
+    )
+
+
+def _inputs(args: argparse.Namespace, **more: Path | None) -> dict[str, Path | None]:
+    inputs = {"observation": args.observation, **more}
+    inputs.update({f"prior {p}": p for p in args.prior or ()})
+    if args.resume is not None:
+        inputs.update({f"--resume file {p.name}": p for p in Path(args.resume).glob("*") if p.is_file()})
+    return inputs
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .core.evaluate import compare_steps
     from .core.io import read_volume
     from .core.mesh import write_mesh
-    from .core.methods import check_prior
     from .core.outputs import atomic_folder, check_output_folder
-    from .core.pipeline import reconstruct_steps
 
     printer = ProgressPrinter(args.quiet)
-    config = config_from_args(args, keep_members=args.members_out)
-    inputs = {"observation": args.observation, "ground truth": args.ground_truth, "--like volume": args.like}
-    inputs.update({f"prior {p}": p for p in args.prior or ()})
-    out = check_output_folder(args.out, inputs=inputs)
+    if args.resume is None:
+        config_from_args(args, keep_members=args.members_out)  # option errors before any file is read
+    out = check_output_folder(
+        args.out, inputs=_inputs(args, **{"ground truth": args.ground_truth, "--like volume": args.like})
+    )
     formats = _output_formats(args)
     observation = _load_observation(args.observation, args.label, args.threshold)
-    prior = _load_priors(args.prior)
     target = None
     if args.like is not None:
         reference = read_volume(args.like)
         target = (reference.affine, reference.shape)
     ground_truth = _load_observation(args.ground_truth, None, 0.5) if args.ground_truth else None
-    check_prior(config, prior)
-    check_reconstruction_request(
-        observation, prior, config, target, ground_truth.shape if ground_truth is not None else None
-    )
-    result = drive(reconstruct_steps(observation, prior, config, target=target), printer)
+    prior = _load_priors(args.prior)
+    _check_request(args, prior, observation, target, ground_truth)
+    result = _fit(args, prior, observation, target, printer)
+    config = result.config
     if ground_truth is not None:
         tick = time.perf_counter()
         result.metrics = drive(
             compare_steps(
-                result.fitted, observation, ground_truth, threshold=config.threshold, empty_slices=config.empty_slices
+                result.fitted,
+                observation,
+                ground_truth,
+                threshold=config.threshold,
+                empty_slices=config.empty_slices,
+                reading=result.reading,
             ),
             printer,
         )
@@ -496,8 +626,71 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+SUGGESTIONS = "suggestions.json"
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from .core.annotate import expected_band_error, suggest_slices
+    from .core.io import atomic_write_bytes
+    from .core.outputs import atomic_folder, check_output_folder
+
+    printer = ProgressPrinter(args.quiet)
+    if args.resume is None:
+        config_from_args(args)
+    out = check_output_folder(args.out, inputs=_inputs(args), names=(SUGGESTIONS,))
+    observation = _load_observation(args.observation, args.label, args.threshold)
+    prior = _load_priors(args.prior)
+    _check_request(args, prior, observation, None, None)
+    result = _fit(args, prior, observation, None, printer)
+    suggestions = suggest_slices(result, args.n, axis=args.axis)
+    expected = expected_band_error(result)
+    content = {
+        "observation": str(args.observation),
+        "expected_error": {
+            "voxels": round(expected.voxels, 2),
+            "surface_voxels": expected.surface_voxels,
+            "volume_ml": round(expected.volume_ml, 4),
+            "text": expected.text,
+        },
+        "slice_axis": None if result.reading is None else result.reading.axis,
+        "refine_rounds": result.rounds,
+        "suggestions": [
+            {
+                "rank": rank,
+                "axis": s.axis,
+                "index": s.index,
+                "world_mm": round(s.world_mm, 3),
+                "score": round(s.score, 3),
+                "kind": s.kind,
+            }
+            for rank, s in enumerate(suggestions, 1)
+        ],
+    }
+    with atomic_folder(out) as staging:
+        result.save(staging)
+        atomic_write_bytes(staging / SUGGESTIONS, json.dumps(content, indent=2).encode())
+    if not args.quiet:
+        print(_suggestion_table(suggestions, expected.text))
+        print(
+            f"  suggestions: {out / SUGGESTIONS}; after annotating, refine with: napari-dropsembles reconstruct "
+            f"OBS --resume {out} --out DIR"
+        )
+    return 0
+
+
+def _suggestion_table(suggestions, expected: str) -> str:
+    lines = [f"{'rank':>4} {'axis':>4} {'index':>5} {'world mm':>9} {'score':>9}  kind"]
+    for rank, s in enumerate(suggestions, 1):
+        lines.append(f"{rank:>4} {s.axis:>4} {s.index:>5} {s.world_mm:>9.2f} {s.score:>9.2f}  {s.kind}")
+    if not suggestions:
+        lines.append("  (no slice left to suggest)")
+    lines.append(f"expected error: {expected}")
+    return "\n".join(lines)
+
+
 def _output_formats(args: argparse.Namespace):
-    """The output formats (--format, else the input's family); None: the historical NIfTI + mesh.ply."""
+    """The output formats (--format, else the input's family); None: NIfTI maps and a RAS mesh.ply (the
+    plain writers; report.json states the same outputs either way)."""
     from dataclasses import replace
 
     from .core.formats import find_segment
@@ -539,10 +732,21 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from .core.outputs import check_output_path
     from .core.pretrain import PretrainConfig, pretrain_steps, shapes_from_folder
 
-    check_output_path(args.out, suffix=".safetensors", inputs={"--data folder": args.data})
+    init = None
+    if args.init is not None:
+        from .core.checkpoint import load_prior
+
+        init = load_prior(None if str(args.init) == "bundled" else args.init)
+    inputs = {"--data folder": args.data}
+    if init is not None and init.path is not None:
+        inputs["--init prior"] = init.path
+    check_output_path(args.out, suffix=".safetensors", inputs=inputs)
     ensure_writable_dir(args.out.parent)
     shapes = shapes_from_folder(args.data) if args.data else None
-    model_config = ModelConfig(grid_size=args.grid, hidden=args.hidden, blocks=args.blocks, dropout=args.dropout)
+    if init is not None:
+        model_config = init.config
+    else:
+        model_config = ModelConfig(grid_size=args.grid, hidden=args.hidden, blocks=args.blocks, dropout=args.dropout)
     config = PretrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -551,11 +755,14 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         samples=args.samples,
         seed=args.seed,
         procedural_share=args.procedural_share,
+        slice_axes=tuple(args.slice_axes),
     )
     dist, device = init_distributed(args.device)  # under torchrun: one rank of a DDP run (core/distributed)
     try:
         prior = drive(
-            pretrain_steps(model_config, config, models=args.models, shapes=shapes, device=device, dist=dist),
+            pretrain_steps(
+                model_config, config, models=args.models, shapes=shapes, device=device, dist=dist, init=init
+            ),
             ProgressPrinter(args.quiet or not dist.is_main),
         )
     finally:
@@ -651,8 +858,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         show_result_folder(args.out, sample["observation"], sample["ground_truth"], widget=True)
     elif not args.quiet:
         why = reason or ("--no-view" if args.view is False else "not run from a terminal")
-        print(f"no napari window ({why}); to look at the result on a desktop: napari-dropsembles demo --view, "
-              f"or open {args.out}/mean.nii.gz, variance.nii.gz and mesh.ply in napari")
+        print(
+            f"no napari window ({why}); to look at the result on a desktop: napari-dropsembles demo --view, "
+            f"or open {args.out}/mean.nii.gz, variance.nii.gz and mesh.ply in napari"
+        )
     return code
 
 
@@ -663,8 +872,9 @@ def cmd_reconstruct_many(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     local_gpu = args.scheduler is None and args.workers != 0 and resolve_device(args.device).type == "cuda"
     cases = read_manifest(args.inputs)
-    tasks = plan_tasks(cases, config, priors=args.prior or (), labels=parse_labels(args.labels),
-                       gpu=args.gpu or local_gpu)
+    tasks = plan_tasks(
+        cases, config, priors=args.prior or (), labels=parse_labels(args.labels), gpu=args.gpu or local_gpu
+    )
     part = shard(tasks, args.num_parts, args.part_id)
     printer = ProgressPrinter(args.quiet)
     if not args.quiet:
@@ -679,15 +889,21 @@ def cmd_reconstruct_many(args: argparse.Namespace) -> int:
 
     result = drive(
         run_cohort_steps(
-            part, args.out, manifest_tasks=tasks, workers=args.workers, scheduler=args.scheduler,
+            part,
+            args.out,
+            manifest_tasks=tasks,
+            workers=args.workers,
+            scheduler=args.scheduler,
             dashboard_address=args.dashboard_address,
         ),
         report,
     )
     failed = [row for row in result.rows if row["status"] == "failed"]
     if not args.quiet:
-        print(f"{result.count('done')} done ({len(result.skipped)} skipped as unchanged), {len(failed)} failed; "
-              f"summary: {result.summary_csv} and {result.summary_parquet}")
+        print(
+            f"{result.count('done')} done ({len(result.skipped)} skipped as unchanged), {len(failed)} failed; "
+            f"summary: {result.summary_csv} and {result.summary_parquet}"
+        )
         for row in failed:
             print(f"  failed {row['task']}: {row['error']}")
     return 1 if failed else 0
@@ -695,6 +911,7 @@ def cmd_reconstruct_many(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "reconstruct": cmd_reconstruct,
+    "suggest": cmd_suggest,
     "pretrain": cmd_pretrain,
     "evaluate": cmd_evaluate,
     "simulate": cmd_simulate,
@@ -800,8 +1017,10 @@ def _main(argv: Sequence[str] | None) -> int:
             raise
         from .core.io import one_line
 
-        _say(f"{name}: internal error ({type(error).__name__}: {one_line(error, 160)}); "
-             "rerun with DROPSEMBLES_DEBUG=1 for the traceback and please report it")
+        _say(
+            f"{name}: internal error ({type(error).__name__}: {one_line(error, 160)}); "
+            "rerun with DROPSEMBLES_DEBUG=1 for the traceback and please report it"
+        )
         return 1
 
 

@@ -36,9 +36,7 @@ def _gui_missing() -> str:
 
 
 GUI_MISSING = _gui_missing()
-requires_gui = pytest.mark.skipif(
-    bool(GUI_MISSING) and not REQUIRE_GUI, reason=f"GUI tests skipped: {GUI_MISSING}"
-)
+requires_gui = pytest.mark.skipif(bool(GUI_MISSING) and not REQUIRE_GUI, reason=f"GUI tests skipped: {GUI_MISSING}")
 
 
 def register_plugin() -> None:

@@ -13,7 +13,7 @@ from napari_dropsembles.core.checkpoint import save_prior
 from napari_dropsembles.core.io import read_volume, write_volume
 from napari_dropsembles.core.volume import Volume
 
-from .conftest import sphere_volume
+from .conftest import make_tiny_prior, sphere_volume
 
 
 @pytest.fixture
@@ -53,6 +53,7 @@ def test_reconstruct_writes_maps_mesh_and_report(tmp_path, files, capsys):
     assert names == [
         "entropy.nii.gz",
         "mean.nii.gz",
+        "members.safetensors",
         "mesh.ply",
         "mutual_information.nii.gz",
         "report.json",
@@ -245,3 +246,97 @@ def test_pretrain_on_a_folder_of_dense_masks_writes_a_loadable_prior(tmp_path):
     prior = load_prior(out)
     assert prior.config.grid_size == 8 and prior.training["data"] == "2 dense masks"
     assert "--data" in prior.training["command"]
+
+
+@pytest.fixture
+def sparse_files(tmp_path, ellipsoid_prior):
+    """A dense scan's mask annotated every 3rd slice on its own 1.5 mm grid, the dense truth, a prior."""
+    truth = sphere_volume(radius_mm=10, spacing_mm=(1.5, 1.5, 1.5), size_mm=30)
+    data = np.zeros_like(truth.data)
+    data[:, :, 1::3] = truth.data[:, :, 1::3]
+    return {
+        "truth": truth,
+        "obs": write_volume(tmp_path / "sparse.nii.gz", truth.with_data(data), dtype=np.uint8),
+        "prior": save_prior(ellipsoid_prior, tmp_path / "prior.safetensors"),
+    }
+
+
+def test_suggest_then_resume_with_an_added_slice(tmp_path, sparse_files, capsys):
+    files = sparse_files
+    first = tmp_path / "first"
+    args = ["--prior", str(files["prior"]), "--members", "2", "--steps", "4", "--device", "cpu"]
+    assert main(["suggest", str(files["obs"]), "--out", str(first), "--n", "3", *args]) == 0
+    printed = capsys.readouterr().out
+    assert "rank" in printed and "expected error: about" in printed
+    content = json.loads((first / "suggestions.json").read_text())
+    assert len(content["suggestions"]) == 3 and content["slice_axis"] == 2
+    assert {"rank", "axis", "index", "world_mm", "score", "kind"} <= set(content["suggestions"][0])
+    assert content["expected_error"]["voxels"] > 0 and "mislabelled" in content["expected_error"]["text"]
+    assert (first / "members.safetensors").is_file() and (first / "mean.nii.gz").is_file()
+    # the user draws the first suggested slice into a copy of the mask; resume refines from the members
+    index = content["suggestions"][0]["index"]
+    observation = read_volume(files["obs"])
+    before = observation.data.copy()
+    data = np.array(observation.data, dtype=np.uint8)
+    data[:, :, index] = files["truth"].data[:, :, index]
+    updated = write_volume(tmp_path / "updated.nii.gz", observation.with_data(data), dtype=np.uint8)
+    second = tmp_path / "second"
+    resume = ["--prior", str(files["prior"]), "--resume", str(first), "--refine-steps", "3", "--device", "cpu"]
+    assert main(["reconstruct", str(updated), "--out", str(second), "--quiet", *resume]) == 0
+    report = json.loads((second / "report.json").read_text())
+    assert report["refine_rounds"] == 1 and report["members"] == 2 and index not in report["unobserved_slices"]
+    assert report["annotation_axis"] == 2
+    assert read_volume(second / "mean.nii.gz").shape == read_volume(first / "mean.nii.gz").shape
+    np.testing.assert_array_equal(read_volume(files["obs"]).data, before)  # the input is never written
+    # suggest can resume too, and the round count goes on
+    third = tmp_path / "third"
+    assert main(["suggest", str(updated), "--out", str(third), "--quiet", *resume[:4], "--resume", str(second)]) == 0
+    assert json.loads((third / "report.json").read_text())["refine_rounds"] == 2
+
+
+def test_resume_errors_are_one_line(tmp_path, sparse_files, capsys):
+    files = sparse_files
+    first = tmp_path / "first"
+    common = ["--prior", str(files["prior"]), "--device", "cpu", "--quiet"]
+    assert main(["reconstruct", str(files["obs"]), "--out", str(first), "--members", "2", "--steps", "2", *common]) == 0
+    capsys.readouterr()
+
+    def error(folder, prior=files["prior"]):
+        args = ["reconstruct", str(files["obs"]), "--out", str(tmp_path / "o"), "--resume", str(folder)]
+        assert main([*args, "--prior", str(prior), "--device", "cpu", "--quiet"]) == 2
+        message = capsys.readouterr().err.strip()
+        assert "\n" not in message and message.startswith("napari-dropsembles reconstruct: error:")
+        return message
+
+    assert "is not a result folder" in error(tmp_path / "nowhere")
+    other = tmp_path / "other"
+    other.mkdir()
+    assert "holds no members.safetensors" in error(other)
+    another_prior = save_prior(make_tiny_prior(seed=5), tmp_path / "another.safetensors")
+    assert "resume with the same prior" in error(first, another_prior)
+    raw = (first / "members.safetensors").read_bytes()
+    (first / "members.safetensors").write_bytes(raw[: len(raw) // 2])
+    assert "corrupt" in error(first) or "truncated" in error(first)
+    (first / "members.safetensors").write_bytes(b"junk")
+    assert "truncated or not a safetensors file" in error(first)
+
+
+def test_pretrain_init_starts_from_a_prior_and_names_a_missing_one(tmp_path, capsys):
+    from napari_dropsembles.core.checkpoint import load_prior, save_prior
+
+    from .conftest import make_tiny_prior
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    write_volume(masks / "m.nii.gz", sphere_volume(radius_mm=9.0, spacing_mm=(1.0, 1.0, 1.0)), dtype=np.uint8)
+    start = tmp_path / "start.safetensors"
+    save_prior(make_tiny_prior(), start)
+    out = tmp_path / "p.safetensors"
+    argv = ["pretrain", "--out", str(out), "--data", str(masks), "--steps", "1", "--samples", "2", "--batch-size", "2"]
+    assert main([*argv, "--init", str(tmp_path / "missing.safetensors"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "missing.safetensors" in err and err.count("\n") == 1 and not out.exists()
+    assert main([*argv, "--init", str(start), "--grid", "32", "--quiet"]) == 0
+    prior = load_prior(out)
+    assert prior.config == load_prior(start).config  # the starting prior's architecture, not --grid
+    assert prior.training["started_from"] == "start.safetensors"

@@ -65,6 +65,8 @@ def test_a_nested_field_error_names_the_option(capsys):
     [
         (["--grid", "3"], "--grid must be an integer from 4 to 256, got 3"),
         (["--lr", "inf"], "--lr must be a finite number in (0, 10], got inf"),
+        (["--slice-axes", "3"], "--slice-axes must be an integer from 0 to 2, got 3"),
+        (["--slice-axes", "1", "1"], "--slice-axes must be distinct voxel axes among 0, 1, 2"),
     ],
 )
 def test_pretrain_refuses_bad_settings_before_any_work(tmp_path, capsys, argv, words):

@@ -58,8 +58,8 @@ def test_slicer_segmentation_in_named_label_out_as_nrrd_seg_and_lps_vtk(tmp_path
         ["reconstruct", str(source), "--label", "L1 vertebra", "--out", str(out), "--prior", str(prior_path), *FAST]
     )
     assert code == 0
-    names = sorted(p.name for p in out.iterdir())
-    assert names == [
+    names = {p.name for p in out.iterdir()}
+    assert {
         "entropy.nrrd",
         "mean.nrrd",
         "mesh.vtk",
@@ -67,7 +67,8 @@ def test_slicer_segmentation_in_named_label_out_as_nrrd_seg_and_lps_vtk(tmp_path
         "report.json",
         "segmentation.seg.nrrd",
         "variance.nrrd",
-    ]
+    } <= names
+    assert not any(n.endswith((".nii.gz", ".ply")) for n in names)  # nothing in the NIfTI family
     mean = sitk.ReadImage(str(out / "mean.nrrd"))  # ITK reads it as Slicer does: LPS
     assert np.linalg.norm(_lps_centroid(mean, 0.5) - CENTRE_LPS) < NEAR_MM
     segmented = read_segments(out / "segmentation.seg.nrrd")
@@ -158,3 +159,27 @@ def test_segment_names_in_label_errors(tmp_path, prior_path, capsys):
         args = ["reconstruct", str(path), "--out", str(tmp_path / "out"), "--prior", str(prior_path), *extra, *FAST]
         assert main(args) == 2
         assert words in capsys.readouterr().err
+
+
+def test_nifti_default_keeps_the_ras_mesh_ply_and_states_its_space(tmp_path, prior_path):
+    """A NIfTI input's world is RAS: mesh.ply stays RAS (as before), and both report.json and the
+    PLY header say so; the historical reader (quality = variance) still reads it in place."""
+    from napari_dropsembles.core.mesh import read_mesh
+
+    affine, shape = lps_grid(GEOMETRIES["anisotropic"])
+    observation = write_volume(
+        tmp_path / "obs.nii.gz", Volume(sphere_on(affine, shape, radius=8.0), LPS_TO_RAS @ affine)
+    )
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(observation), "--out", str(out), "--prior", str(prior_path), *FAST]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"mean.nii.gz", "variance.nii.gz", "mesh.ply", "report.json"} <= names
+    report = json.loads((out / "report.json").read_text())
+    assert report["outputs"]["mesh_space"] == "RAS" and report["outputs"]["maps"] == ".nii.gz"
+    header = (out / "mesh.ply").read_bytes().split(b"end_header")[0].decode()
+    assert "comment SPACE=RAS" in header.splitlines()
+    mesh = read_mesh(out / "mesh.ply")
+    assert mesh.vertex_values is not None
+    assert np.linalg.norm(mesh.vertices_mm.mean(axis=0) - CENTRE_LPS * [-1, -1, 1]) < NEAR_MM  # RAS numbers
+    saved = read_reconstruction(out)
+    assert np.allclose(saved.mesh.vertices_mm, mesh.vertices_mm)

@@ -178,3 +178,72 @@ def test_multiframe_enhanced_ct_is_read_as_one_volume(tmp_path):
     volume = read_volume(tmp_path / "enhanced")
     assert volume.shape == (12, 26, 28)
     assert_centre_within_half_voxel(volume, ras(CENTRE_LPS), mask=np.asarray(volume.data) > -500)
+
+
+def _own_plugin_manager():
+    """An npe2 PluginManager holding only this plugin's manifest (what napari indexes at start-up)."""
+    from npe2 import PluginManager, PluginManifest
+
+    from .gui_support import ROOT
+
+    manager = PluginManager()
+    manager.register(PluginManifest.from_file(ROOT / "napari.yaml"))
+    manager.activate("napari-dropsembles")  # registers its commands, as napari does on first use
+    return manager
+
+
+def test_dicom_folder_opens_through_npe2_with_its_dicom_seg_and_other_folders_are_refused(tmp_path):
+    """Drag-and-drop / File > Open Folder: npe2 hands a folder to readers with ``accepts_directories``;
+    a folder with a CT series and a DICOM-SEG opens as an Image and a named Labels layer, both in place."""
+    from npe2 import io_utils
+
+    from napari_dropsembles._reader import get_reader
+
+    source = _series(tmp_path, "oblique")
+    seg_path, second = _two_spheres_seg(tmp_path, source)
+    seg_path.rename(source / "seg.dcm")  # the segmentation beside its series
+    manager = _own_plugin_manager()
+    readers = list(manager.iter_compatible_readers([str(source)]))
+    assert [r.command for r in readers] == ["napari-dropsembles.get_reader"] and readers[0].accepts_directories
+    layers = io_utils._read([str(source)], stack=False, plugin_name="napari-dropsembles", _pm=manager)
+    assert [(kind, kwargs["name"]) for _, kwargs, kind in layers] == [("image", "ct"), ("labels", "seg")]
+    (image, image_kwargs, _), (labels, label_kwargs, _) = layers
+    assert image.shape == (12, 26, 28) and float(image.min()) == -1024.0  # every slice, rescaled
+    image_centre = np.asarray(image_kwargs["affine"]) @ np.append(centroid_index(image > -500), 1.0)
+    assert np.linalg.norm(image_centre[:3] - ras(CENTRE_LPS)) < 0.4
+    assert label_kwargs["metadata"]["label_names"] == {1: "L1 vertebra", 2: "L2 vertebra"}
+    assert label_kwargs["features"]["name"] == ["L1 vertebra", "L2 vertebra"]
+    label_affine = np.asarray(label_kwargs.get("affine", image_kwargs["affine"]))
+    for label, centre in [(1, CENTRE_LPS), (2, second)]:
+        found = label_affine @ np.append(centroid_index(labels == label), 1.0)
+        assert np.linalg.norm(found[:3] - ras(centre)) < 0.4, label
+
+    only_seg = tmp_path / "segs"  # a folder holding a DICOM-SEG alone: its Labels layer
+    only_seg.mkdir()
+    (source / "seg.dcm").rename(only_seg / "seg.dcm")
+    [(_, kwargs, kind)] = get_reader(str(only_seg))(str(only_seg))
+    assert kind == "labels" and kwargs["metadata"]["label_names"][2] == "L2 vertebra"
+
+    other = tmp_path / "notes"  # any other folder: None, so that napari tries its other readers
+    other.mkdir()
+    (other / "a.txt").write_text("no images")
+    (other / "b.nii.gz").write_bytes(b"")
+    assert get_reader(str(other)) is None
+    (tmp_path / "folder.zarr").mkdir()  # named like a zarr store but not one
+    assert get_reader(str(tmp_path / "folder.zarr")) is None
+    with pytest.raises(ValueError, match="refused"):
+        io_utils._read([str(other)], stack=False, plugin_name="napari-dropsembles", _pm=manager)
+
+
+def test_ome_zarr_folder_opens_through_npe2(tmp_path):
+    from npe2 import io_utils
+
+    from napari_dropsembles.core.io import write_volume
+
+    from .formats_support import lps_sphere_volume
+
+    path = write_volume(tmp_path / "obs.ome.zarr", lps_sphere_volume("anisotropic"), dtype=None)
+    [(data, kwargs, kind)] = io_utils._read(
+        [str(path)], stack=False, plugin_name="napari-dropsembles", _pm=_own_plugin_manager()
+    )
+    assert kind == "labels" and kwargs["name"] == "obs" and data.shape == (28, 26, 12)

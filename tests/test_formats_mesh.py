@@ -123,3 +123,56 @@ def test_napari_surface_writer_for_slicer_writes_lps(tmp_path, suffix):
     assert np.allclose(points, world_ras * [-1, -1, 1], atol=1e-5)
     assert np.allclose(read_values, values)
     assert written.endswith(suffix)
+
+
+@pytest.mark.parametrize("suffix", MESH_FORMAT_SUFFIXES)
+@pytest.mark.parametrize("space", ["LPS", "RAS"])
+def test_every_mesh_file_states_its_space_and_reading_honours_it(tmp_path, sphere_mesh, suffix, space):
+    """SPACE=... where each format has room for it: PLY/OBJ comment, STL/VTK header, VTP field data,
+    glTF mesh extras; read back without saying the space, the mesh lands in the same RAS place."""
+    from napari_dropsembles.core.formats.mesh_io import stated_space
+
+    path = write_mesh_file(tmp_path / f"mesh{suffix}", sphere_mesh, space=space)
+    assert stated_space(path) == space
+    if suffix == ".ply":
+        header = path.read_bytes().split(b"end_header")[0].decode()
+        assert f"comment SPACE={space}" in header.splitlines()
+    elif suffix == ".obj":
+        assert f"SPACE={space}" in path.read_text().splitlines()[0]
+    elif suffix == ".stl":
+        assert f"SPACE={space}".encode() in path.read_bytes()[:80]
+    elif suffix == ".glb":
+        import json
+        import struct
+
+        raw = path.read_bytes()
+        gltf = json.loads(raw[20 : 20 + struct.unpack("<I", raw[12:16])[0]])
+        assert gltf["meshes"][0]["extras"]["SPACE"] == space and gltf["meshes"][0]["extras"]["units"] == "mm"
+    back = read_mesh_file(path)
+    centre = back.vertices_mm.min(axis=0) / 2 + back.vertices_mm.max(axis=0) / 2
+    assert np.all(np.abs(centre - ras(CENTRE_LPS)) < HALF_VOXEL)
+    if suffix == ".ply":  # a file that states nothing: None (then read as LPS, as Slicer assumes)
+        plain = tmp_path / "plain.ply"
+        plain.write_bytes(path.read_bytes().replace(f"comment SPACE={space}".encode(), b"comment nothing", 1))
+        assert stated_space(plain) is None
+        assert np.allclose(read_mesh_file(plain).vertices_mm, _to_lps_read(back.vertices_mm, space), atol=1e-4)
+
+
+def _to_lps_read(ras_points: np.ndarray, stated: str) -> np.ndarray:
+    """Where a mesh lands when its file's SPACE tag is lost and it is read as LPS."""
+    return ras_points if stated == "LPS" else ras_points * [-1, -1, 1]
+
+
+def test_napari_surface_writer_states_ras(tmp_path):
+    from napari_dropsembles._writer import write_surface
+    from napari_dropsembles.core.formats.mesh_io import stated_space
+    from napari_dropsembles.core.mesh import read_mesh
+
+    vertices = np.array([[0, 0, 0], [4, 0, 0], [0, 4, 0], [0, 0, 4]], np.float32)
+    faces = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+    values = np.array([0.0, 0.1, 0.2, 0.3], np.float32)
+    for suffix in (".ply", ".obj", ".stl"):
+        [written] = write_surface(str(tmp_path / f"mesh{suffix}"), (vertices, faces, values), {"name": "m"})
+        assert stated_space(written) == "RAS"
+        centre = read_mesh(written).vertices_mm.mean(axis=0)  # the historical reader: the numbers as stored
+        assert np.allclose(read_mesh_file(written).vertices_mm.mean(axis=0), centre)

@@ -230,3 +230,51 @@ def test_empty_zarr_folder_is_a_clear_error(tmp_path):
     (tmp_path / "empty.zarr").mkdir()
     with pytest.raises(InputError, match="empty.zarr"):
         read_volume(tmp_path / "empty.zarr")
+
+
+@pytest.mark.parametrize("kind", ["labels", "mean"])
+def test_ome_zarr_is_written_as_a_pyramid_with_each_level_in_place(tmp_path, kind):
+    """NGFF 0.4 multiscales: levels finest first, y and x halved (z kept), a scale and a translation per
+    level; every level read on its own puts the sphere within half of its own voxel."""
+    from napari_dropsembles.core.formats.zarr_io import read_zarr, write_zarr
+
+    affine, shape = lps_grid(np.eye(3), shape=(70, 66, 12))
+    mask = sphere_on(affine, shape, radius=14.0)
+    data = mask if kind == "labels" else mask.astype(np.float32) * 0.9
+    path = write_zarr(tmp_path / f"{kind}.ome.zarr", Volume(data, LPS_TO_RAS @ affine))
+    group = zarr.open_group(str(path), mode="r")
+    [meta] = group.attrs["multiscales"]
+    assert meta["version"] == "0.4" and [a["name"] for a in meta["axes"]] == ["z", "y", "x"]
+    datasets = meta["datasets"]
+    shapes = [group[d["path"]].shape for d in datasets]
+    assert shapes == [(12, 66, 70), (12, 33, 35), (12, 17, 18), (12, 9, 9)]  # MAX_LEVELS; odd sizes round up
+    scales = [d["coordinateTransformations"][0] for d in datasets]
+    translations = [d["coordinateTransformations"][1] for d in datasets]
+    assert all(s["type"] == "scale" and t["type"] == "translation" for s, t in zip(scales, translations, strict=True))
+    for level, s in enumerate(scales):  # the spec's order: scale first, then translation, one each
+        assert np.allclose(s["scale"], SPACING[::-1] * [1, 2**level, 2**level])
+    t0 = np.asarray(translations[0]["translation"])
+    for level, t in enumerate(translations):
+        shift = 0.0 if kind == "labels" else (2**level - 1) / 2  # block means: half a fine voxel per halving
+        assert np.allclose(t["translation"], t0 + shift * SPACING[::-1] * [0, 1, 1])
+    assert meta["type"] == ("nearest" if kind == "labels" else "local_mean")
+    for level in range(4):
+        volume = read_zarr(path, level=level)
+        assert np.allclose(volume.spacing, SPACING * [2**level, 2**level, 1])
+        assert_centre_within_half_voxel(volume, ras(CENTRE_LPS), mask=np.asarray(volume.data) >= 0.45)
+    finest = read_volume(path)  # what the reader and napari open: level 0, full resolution, its own scale
+    assert finest.shape == shape and np.allclose(finest.spacing, SPACING)
+    assert np.array_equal(np.asarray(finest.data) > 0, mask[::-1, ::-1] > 0)  # LPS x, y stored as RAS (flipped)
+    with pytest.raises(InputError, match="no scale level 4"):
+        read_zarr(path, level=4)
+
+
+def test_ome_zarr_levels_can_be_chosen_and_small_volumes_stay_single_level(tmp_path):
+    from napari_dropsembles.core.formats.zarr_io import write_zarr
+
+    volume = lps_sphere_volume("anisotropic")  # 28 x 26 in-plane: 14 x 13 is the last level >= 8
+    path = write_zarr(tmp_path / "auto.ome.zarr", volume)
+    assert len(zarr.open_group(str(path), mode="r").attrs["multiscales"][0]["datasets"]) == 2
+    one = write_zarr(tmp_path / "one.ome.zarr", volume, levels=1)
+    assert len(zarr.open_group(str(one), mode="r").attrs["multiscales"][0]["datasets"]) == 1
+    assert_centre_within_half_voxel(read_volume(one), ras(CENTRE_LPS))

@@ -35,8 +35,18 @@ def test_trained_prior_is_saved_and_becomes_selectable_for_reconstruction(
     assert trainer.run_panel.button.text() == "Train"
 
     trainer.base_model = TINY
-    for name, value in dict(steps=2, samples=2, batch_size=2, shapes=2, fisher_samples=1, grid_size=16, hidden=16,
-                            blocks=2, dropout=0.2, device="cpu").items():
+    for name, value in dict(
+        steps=2,
+        samples=2,
+        batch_size=2,
+        shapes=2,
+        fisher_samples=1,
+        grid_size=16,
+        hidden=16,
+        blocks=2,
+        dropout=0.2,
+        device="cpu",
+    ).items():
         getattr(trainer, name).value = value
     out = tmp_path / "my_prior.safetensors"
     trainer.out_path.value = str(out)

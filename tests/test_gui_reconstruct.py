@@ -22,7 +22,6 @@ pytestmark = [requires_gui, pytest.mark.gui]
 PLUGIN, WIDGET = "napari-dropsembles", "Reconstruct with uncertainty"
 
 
-
 def results_by_role(viewer) -> dict:
     from napari_dropsembles._gui.layers import role_of
 
@@ -111,8 +110,11 @@ def test_threshold_and_member_sliders_remesh_cached_grids_without_the_network(
     level = round(float(mean.min() + mean.max()) / 2, 2)
     widget.threshold.setValue(level)
     qtbot.waitUntil(
-        lambda: widget.last_remesh is not None and widget.last_remesh.step_size == 1
-        and abs(widget.last_remesh.threshold - level) < 1e-6,
+        lambda: (
+            widget.last_remesh is not None
+            and widget.last_remesh.step_size == 1
+            and abs(widget.last_remesh.threshold - level) < 1e-6
+        ),
         timeout=5000,
     )
     after = layers["mesh"].data[0]
@@ -125,8 +127,9 @@ def test_threshold_and_member_sliders_remesh_cached_grids_without_the_network(
     first = members.data[0].copy()
     assert widget.member.isEnabled() and widget.member.maximum() == 2
     widget.member.setValue(2)
-    qtbot.waitUntil(lambda: members.data[0].shape != first.shape or not np.allclose(members.data[0], first),
-                    timeout=5000)
+    qtbot.waitUntil(
+        lambda: members.data[0].shape != first.shape or not np.allclose(members.data[0], first), timeout=5000
+    )
 
 
 def test_mesh_follows_a_dragged_slider_on_a_128_cubed_grid(viewer, sync_workers, qtbot):
@@ -143,8 +146,9 @@ def test_mesh_follows_a_dragged_slider_on_a_128_cubed_grid(viewer, sync_workers,
     widget = open_widget(viewer)
     structures = combine_structures({1: result})
     frame = InputFrame.from_layer(layer)
-    output = ReconstructOutput(structures, reconstruction_to_layer_data(structures, frame), structures.table(),
-                               frame, 0.5, 0.0)
+    output = ReconstructOutput(
+        structures, reconstruction_to_layer_data(structures, frame), structures.table(), frame, 0.5, 0.0
+    )
     widget._show_result(output)
     mesh = results_by_role(viewer)["mesh"]
     seen = []
@@ -153,8 +157,9 @@ def test_mesh_follows_a_dragged_slider_on_a_128_cubed_grid(viewer, sync_workers,
         widget.threshold.setValue(float(value))
         qtbot.wait(60)  # a drag: new values every 60 ms
     qtbot.waitUntil(
-        lambda: widget.last_remesh is not None and widget.last_remesh.step_size == 1
-        and widget.last_remesh.threshold < 0.31,
+        lambda: (
+            widget.last_remesh is not None and widget.last_remesh.step_size == 1 and widget.last_remesh.threshold < 0.31
+        ),
         timeout=5000,
     )
     assert any(step == 2 for step, _n in seen), seen  # followed the drag with coarse meshes
@@ -163,9 +168,7 @@ def test_mesh_follows_a_dragged_slider_on_a_128_cubed_grid(viewer, sync_workers,
     assert len(mesh.data[1]) == len(full.faces)
 
 
-def test_cancel_stops_a_background_run_within_one_step_and_leaves_no_layer(
-    viewer, tiny_prior_path, qtbot, monkeypatch
-):
+def test_cancel_stops_a_background_run_within_one_step_and_leaves_no_layer(viewer, tiny_prior_path, qtbot, monkeypatch):
     from napari_dropsembles._gui import reconstruct
     from napari_dropsembles._gui.state import RunState
 
@@ -299,7 +302,7 @@ def test_structure_table_rows_match_the_labels_and_centre_the_view(viewer, tiny_
     centre = np.asarray(rows[1].centre_mm)
     assert np.linalg.norm(centre - np.array([14.0, 0.0, 0.0])) < 10
     displayed = list(viewer.dims.displayed)
-    assert np.allclose(np.asarray(viewer.scene.camera.center)[-len(displayed):], centre[displayed], atol=1e-3)
+    assert np.allclose(np.asarray(viewer.scene.camera.center)[-len(displayed) :], centre[displayed], atol=1e-3)
     for axis in viewer.dims.not_displayed:
         assert abs(viewer.dims.point[axis] - centre[axis]) <= max(viewer.dims.range[axis].step, 1e-6)
 

@@ -24,7 +24,6 @@ pytestmark = [requires_gui, pytest.mark.gui]
 PLUGIN, WIDGET = "napari-dropsembles", "Reconstruct with uncertainty"
 
 
-
 def combo_texts(combo) -> list[str]:
     return [combo.native.itemText(i) for i in range(combo.native.count())]
 
@@ -123,8 +122,14 @@ def test_a_threshold_moved_during_a_run_applies_to_the_new_result(viewer, tiny_p
     widget.steps.value = 40
     task = widget.run()
     remeshed = []
-    monkeypatch.setattr(widget, "_apply_remesh", lambda output, original=widget._apply_remesh: (
-        remeshed.append((widget.status.running, output.threshold)), original(output)))
+    monkeypatch.setattr(
+        widget,
+        "_apply_remesh",
+        lambda output, original=widget._apply_remesh: (
+            remeshed.append((widget.status.running, output.threshold)),
+            original(output),
+        ),
+    )
     widget.threshold.setValue(0.3)
     qtbot.wait(100)
     if widget.status.running:
@@ -203,6 +208,51 @@ def test_the_live_preview_leaves_the_layer_selection_alone(viewer, tiny_prior_pa
     qtbot.waitUntil(lambda: not task.running, timeout=20000)
 
 
+def test_a_rerun_previews_in_the_previous_mean_and_adds_or_removes_no_layer(
+    viewer, tiny_prior_path, sync_workers, monkeypatch
+):
+    """Adding a layer costs napari a few hundred ms under software OpenGL, removing one a full garbage
+    collection: a re-run (or a refine) shows its live preview in the mean layer it will update."""
+    from napari_dropsembles._gui import reconstruct
+    from napari_dropsembles.core.volume import Volume
+
+    monkeypatch.setattr(reconstruct, "PREVIEW_INTERVAL_S", 0.001)
+    sphere = add_volume(viewer, sphere_volume(), "sphere")
+    widget = open_widget(viewer)
+    tiny_settings(widget, tiny_prior_path, steps=4)
+    widget.live_preview.value = True
+    widget.input.value = sphere
+    widget.run()
+    mean = by_role(viewer)["mean"]
+    look = (mean.colormap.name, mean.visible, mean.opacity, mean.blending, tuple(mean.contrast_limits))
+    changes, seen = [], []
+    viewer.layers.events.inserted.connect(lambda event: changes.append(("added", event.value.name)))
+    viewer.layers.events.removed.connect(lambda event: changes.append(("removed", event.value.name)))
+    original = widget._show_preview
+    monkeypatch.setattr(
+        widget,
+        "_show_preview",
+        lambda preview: (
+            original(preview),
+            seen.append((widget._preview_layer is mean, mean.colormap.name, mean.visible)),
+        ),
+    )
+    widget.seed.value = 3
+    widget.run()
+    assert seen and all(seen_in_mean and name == "cyan" and shown for seen_in_mean, name, shown in seen), seen
+    assert changes == []  # nothing added, nothing removed
+    assert by_role(viewer)["mean"] is mean
+    assert (mean.colormap.name, mean.visible, mean.opacity, mean.blending, tuple(mean.contrast_limits)) == look
+    # a run that ends without a result gives the mean its data back too
+    data = mean.data.copy()
+    widget._frame = widget.current.frame
+    widget._prepare_preview(widget.request())
+    widget._show_preview(Volume(np.ones((4, 4, 4), np.float32), np.diag([5.0, 5.0, 5.0, 1.0])))
+    assert mean.data.shape == (4, 4, 4)
+    widget._end_preview(keep_data=False)
+    assert np.array_equal(mean.data, data) and mean.colormap.name == look[0] and not mean.visible
+
+
 def test_progress_text_gives_the_percentage_and_the_time_left():
     from napari_dropsembles._gui.state import RunStatus
     from napari_dropsembles.core.progress import Progress
@@ -246,11 +296,16 @@ def test_result_layers_are_readable_in_2d_and_3d(viewer, tiny_prior_path, sync_w
     layers = by_role(viewer)
     assert not layers["mean"].visible  # no grey wash over the image
     assert layers["thresholded"].visible and layers["thresholded"].contour > 0  # an outline
-    assert layers["variance"].visible and layers["variance"].colorbar.visible
-    assert not layers["mesh"].visible and layers["mesh"].colorbar.visible
-    assert "p²" in layers["variance"].name  # the colour bar's unit
+    assert layers["variance"].visible and "p²" in layers["variance"].name  # the unit
+    # the heatmap's colour bar is drawn in the dock (napari's costs a long pause under software OpenGL)
+    assert not widget.legend.isHidden() and "p²" in widget.legend.unit.text()
+    assert np.allclose(widget.legend.limits, layers["variance"].contrast_limits)
+    layers["variance"].contrast_limits = (0.0, 0.5)  # it follows the heatmap
+    assert np.allclose(widget.legend.limits, (0.0, 0.5))
+    assert not layers["mesh"].visible and not layers["mesh"].colorbar.visible  # paid for when first shown
     viewer.dims.ndisplay = 3
     assert layers["mesh"].visible and not layers["variance"].visible and not layers["thresholded"].visible
+    assert layers["mesh"].colorbar.visible
     viewer.dims.ndisplay = 2
     assert layers["variance"].visible and not layers["mesh"].visible
 
@@ -294,7 +349,7 @@ def test_a_nifti_scan_is_shown_the_radiologists_way_in_the_same_world(viewer, tm
     widget = open_widget(viewer)
     widget.input.value = layer
     assert tuple(viewer.dims.order)[0] == 2  # the 4 mm axis is on the slider
-    assert tuple(viewer.camera.orientation) == ("towards", "up", "left")
+    assert tuple(viewer.scene.camera.orientation) == ("towards", "up", "left")
     assert np.allclose(layer.data_to_world((3, 4, 5)), before)  # world mm unchanged
     assert np.allclose(layer.data_to_world((3, 4, 5)), volume.index_to_world(np.array([[3, 4, 5]]))[0])
     assert viewing_order(np.diag([3.0, 3.0, 3.0, 1.0])) == (2, 1, 0)  # isotropic: axial
@@ -314,17 +369,28 @@ def test_the_docks_fit_1280_by_800_and_the_table_needs_no_sideways_scroll(make_n
     viewer = make_napari_viewer(show=True)
     window = viewer.window._qt_window
     window.resize(1280, 800)
-    widgets = [viewer.window.add_plugin_dock_widget(PLUGIN, name)[1]
-               for name in (WIDGET, "Train a prior", "Evaluate against ground truth")]
+    widgets = [
+        viewer.window.add_plugin_dock_widget(PLUGIN, name)[1]
+        for name in (WIDGET, "Train a prior", "Evaluate against ground truth")
+    ]
     for _ in range(10):
         QApplication.processEvents()
     qtbot.wait(100)
     assert window.width() <= 1280 and window.height() <= 800, (window.width(), window.height())
     reconstruct = widgets[0]
     assert not reconstruct.advanced.isExpanded()  # seed, spacing, device, ... tucked away
-    rows = [StructureRow(label=22, volume_ml=41.23, volume_ml_std=0.51, band_variance=0.0123, centre_mm=(0, 0, 0),
-                         flagged=True, reason="volume spread 3x the median"),
-            StructureRow(label=23, volume_ml=35.0, volume_ml_std=0.2, band_variance=0.0021, centre_mm=(0, 0, 0))]
+    rows = [
+        StructureRow(
+            label=22,
+            volume_ml=41.23,
+            volume_ml_std=0.51,
+            band_variance=0.0123,
+            centre_mm=(0, 0, 0),
+            flagged=True,
+            reason="volume spread 3x the median",
+        ),
+        StructureRow(label=23, volume_ml=35.0, volume_ml_std=0.2, band_variance=0.0021, centre_mm=(0, 0, 0)),
+    ]
     reconstruct.table.set_rows(rows, {22: "vertebra L1", 23: "vertebra T12"})
     reconstruct.table.show()
     for _ in range(5):
@@ -338,33 +404,57 @@ def test_the_docks_fit_1280_by_800_and_the_table_needs_no_sideways_scroll(make_n
     assert ReconstructOutput  # the table is what a result fills
 
 
-def test_the_mesh_can_be_coloured_by_structure_and_a_row_click_highlights_one(
+def test_each_structure_has_its_own_mesh_layer_named_and_coloured_like_its_label(
     viewer, tiny_prior_path, sync_workers, qtbot
 ):
-    from napari_dropsembles.core.vertex_labels import vertex_labels
+    from napari_dropsembles._gui.layers import result_layers, structure_mesh_layers
 
     spine = add_volume(viewer, two_spheres(labels=(2, 5)), "spine")
+    spine.features = {"index": [2, 5], "name": ["L1", "L2"]}
     widget = open_widget(viewer)
     tiny_settings(widget, tiny_prior_path, spacing_mm=2.0)
     widget.input.value = spine
     widget.label.value = "each"
     widget.run()
-    mesh = by_role(viewer)["mesh"]
-    assert mesh.vertex_colors is None  # by variance (colormap) by default
-    widget.mesh_colour.setCurrentText("structure")
-    mean = widget.current.structures.mean.data  # an untrained prior: a level where both have a surface
+    source = widget.current.frame.source_id
+    layers = result_layers(viewer.layers, source)
+    meshes = structure_mesh_layers(layers)
+    assert sorted(meshes) == [2, 5] and "mesh" not in layers  # one Surface per structure, not one for all
+    assert [meshes[2].name, meshes[5].name] == ["spine mesh L1", "spine mesh L2"]
+    assert widget.mesh_colour.currentText() == "structure"  # several structures: label colours by default
+    for label, layer in meshes.items():
+        assert np.allclose(np.asarray(layer.vertex_colors)[0], spine.get_color(label), atol=1e-3)
+    structures = widget.current.structures  # an untrained prior: a level where both have a surface
+    mean = structures.mean.data
     level = round(float(np.median(mean[mean > mean.min() + 0.5 * (mean.max() - mean.min())])), 2)
+    assert all(not result.remesh(level).is_empty for result in structures.results.values())
     widget.threshold.setValue(level)
     qtbot.waitUntil(lambda: widget.last_remesh is not None and widget.last_remesh.step_size == 1, timeout=5000)
-    colours = np.asarray(mesh.vertex_colors)
-    structures = widget.current.structures
-    vertices_mm = np.asarray(mesh.data[0]) * np.asarray(mesh.scale) + np.asarray(mesh.translate)
-    labels = vertex_labels(structures.owner, structures.mean, vertices_mm)
-    assert set(np.unique(labels)) == {2, 5} and colours.shape == (len(labels), 4)
-    assert np.allclose(colours[labels == 5][0], spine.get_color(5), atol=1e-3)  # the input's colour
-    widget._select_row(1)  # label 5 selected: label 2 dimmed
-    dimmed = np.asarray(mesh.vertex_colors)
-    assert np.allclose(dimmed[labels == 5][0], spine.get_color(5), atol=1e-3)
-    assert dimmed[labels == 2][0, :3].sum() < 0.5 * colours[labels == 2][0, :3].sum()
+    for label, layer in meshes.items():  # each structure's own surface, in the input's frame
+        own = structures.results[label].remesh(level)
+        assert len(layer.data[1]) == len(own.faces)
+        world = np.asarray(layer.data[0]) * np.asarray(layer.scale) + np.asarray(layer.translate)
+        assert np.allclose(world, own.vertices_mm, atol=1e-3)
+        assert np.allclose(np.asarray(layer.vertex_colors)[0], spine.get_color(label), atol=1e-3)
+    widget._select_row(1)  # L2 selected: L1's mesh dimmed
+    assert np.allclose(np.asarray(meshes[5].vertex_colors)[0], spine.get_color(5), atol=1e-3)
+    assert np.asarray(meshes[2].vertex_colors)[0, :3].sum() < 0.5 * np.asarray(spine.get_color(2))[:3].sum()
+    widget.table.item(0, 0).setText("first lumbar")  # renamed in the table: the layer follows
+    assert meshes[2].name == "spine mesh first lumbar"
+    viewer.dims.ndisplay = 3
+    assert all(layer.visible for layer in meshes.values()) and not any(m.colorbar.visible for m in meshes.values())
     widget.mesh_colour.setCurrentText("variance")
-    assert mesh.vertex_colors is None
+    assert all(layer.vertex_colors is None for layer in meshes.values())
+    widget.run()  # a re-run updates the same layers
+    assert structure_mesh_layers(result_layers(viewer.layers, source)) == meshes
+
+
+def test_a_single_structure_keeps_one_mesh_coloured_by_variance(viewer, tiny_prior_path, sync_workers):
+    sphere = add_volume(viewer, sphere_volume(), "sphere")
+    widget = open_widget(viewer)
+    tiny_settings(widget, tiny_prior_path)
+    widget.input.value = sphere
+    widget.run()
+    meshes = [layer for layer in viewer.layers if by_role(viewer).get("mesh") is layer]
+    assert len(meshes) == 1 and meshes[0].name == "sphere mesh" and meshes[0].vertex_colors is None
+    assert widget.mesh_colour.currentText() == "variance"

@@ -73,3 +73,35 @@ def test_the_training_folder_takes_every_reader_format(tmp_path):
     shapes = shapes_from_folder(tmp_path)
     assert [s.name for s in shapes] == ["a.nii.gz", "b.nrrd", "c.mha"]
     assert len({int(s.mask.data.sum()) for s in shapes}) == 1
+
+
+def test_pretraining_can_start_from_a_prior_and_refuses_another_architecture(tiny_prior):
+    from dataclasses import replace
+
+    from napari_dropsembles.core.pretrain import pretrain_steps
+    from napari_dropsembles.core.progress import drive
+
+    shapes = [MaskShape(read_volume(REAL / "vertebrae_T12.nii.gz"))]
+    config = PretrainConfig(steps=1, batch_size=2, samples=2, points_per_sample=64, lr=1e-9, fisher_samples=1)
+    started = drive(pretrain_steps(TINY, config, shapes=shapes, init=tiny_prior))
+    fresh = drive(pretrain_steps(TINY, replace(config, seed=5), shapes=shapes))
+    before, after = tiny_prior.models[0], started.models[0]
+    for name, value in before.decoder.items():  # lr 1e-9: one step leaves the starting weights
+        assert np.allclose(after.decoder[name], value, atol=1e-6)
+    first = next(iter(before.encoder.state_dict()))
+    assert np.allclose(after.encoder.state_dict()[first], before.encoder.state_dict()[first], atol=1e-6)
+    assert not np.allclose(fresh.models[0].decoder["out_w"], before.decoder["out_w"], atol=1e-3)
+    assert started.training["started_from"] == tiny_prior.name
+    wider = replace(TINY, hidden=TINY.hidden * 2)
+    with pytest.raises(InputError, match="another architecture: hidden 16"):
+        drive(pretrain_steps(wider, config, shapes=shapes, init=tiny_prior))
+
+
+def test_training_slicings_are_thick_along_the_axes_asked_for():
+    from napari_dropsembles.core.pretrain import random_training_corruption
+
+    rng = np.random.default_rng(0)
+    assert {random_training_corruption(rng, PretrainConfig()).slice_axis for _ in range(20)} == {2}
+    every = PretrainConfig(slice_axes=(0, 1, 2))
+    assert {random_training_corruption(rng, every).slice_axis for _ in range(60)} == {0, 1, 2}
+    assert {random_training_corruption(rng, PretrainConfig(slice_axes=(0,))).slice_axis for _ in range(20)} == {0}

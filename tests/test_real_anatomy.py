@@ -168,3 +168,21 @@ def test_an_empty_slice_read_as_not_annotated_is_uncertain_not_observed(truth):
     on_kept = holed.index_to_world(np.c_[in_plane, np.full(len(in_plane), gap + 1)])
     assert model.between_sigma_mm(on_gap).max() > 0.5  # midway between the observed neighbours
     assert model.between_sigma_mm(on_kept).max() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_sparse_annotation_learns_the_same_between_slice_model_as_the_thick_slices_it_holds(truth):
+    thick = keep_every_kth_slice(truth, 3, axis=2, offset=1)
+    sparse = np.zeros(truth.shape, np.uint8)
+    sparse[:, :, 1::3] = np.asarray(truth.data)[:, :, 1::3]  # the same slices, drawn on the fine grid
+    on_thick, on_fine = SliceUncertainty.fit(thick), SliceUncertainty.fit(truth.with_data(sparse))
+    assert on_fine.held_out_voxels == on_thick.held_out_voxels > 1000  # held out one annotation step away
+    assert on_fine.to_dict() == on_thick.to_dict()
+
+
+def test_a_sparse_annotation_gets_the_held_out_slice_check(prior, truth):
+    sparse = np.zeros(truth.shape, np.uint8)
+    sparse[:, :, 1::3] = np.asarray(truth.data)[:, :, 1::3]
+    result = reconstruct(truth.with_data(sparse), prior, QUICK)
+    check = result.slice_check
+    assert check is not None and check["axis"] == 2 and len(check["held_out_slices"]) >= 2
+    assert all(s % 3 == 1 for s in check["held_out_slices"]) and 0 <= check["ours_dice"] <= 1

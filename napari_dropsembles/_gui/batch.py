@@ -173,8 +173,9 @@ class BatchWidget(QWidget):
         self.state = "running"
         self.run_button.setText("Cancel")
         self.status.setText("reading the cases ...")
-        steps = self._cohort_steps(self.inputs.value, self.out_dir.value, config, self.prior.value,
-                                   self.workers.value(), self._cancel)
+        steps = self._cohort_steps(
+            self.inputs.value, self.out_dir.value, config, self.prior.value, self.workers.value(), self._cancel
+        )
         if _sync():
             try:
                 result = drive(steps, self._on_progress)
@@ -196,8 +197,9 @@ class BatchWidget(QWidget):
         from ..core.cohort import plan_tasks, read_manifest, run_cohort_steps
 
         self.tasks = plan_tasks(read_manifest(inputs), config, priors=[prior] if prior else ())
-        return (yield from run_cohort_steps(self.tasks, out_dir, workers=workers, cancel=cancel,
-                                            dashboard_address=":0"))
+        return (
+            yield from run_cohort_steps(self.tasks, out_dir, workers=workers, cancel=cancel, dashboard_address=":0")
+        )
 
     def _on_progress(self, progress: Progress) -> None:
         self.progress_bar.setRange(0, progress.total)
@@ -220,8 +222,11 @@ class BatchWidget(QWidget):
         self.table.setRowCount(0)
         for row in self.rows:
             self._add_row(row)
-        self._finish("done", f"{result.count('done')} done ({len(result.skipped)} unchanged), "
-                             f"{result.count('failed')} failed; summary: {result.summary_csv}")
+        self._finish(
+            "done",
+            f"{result.count('done')} done ({len(result.skipped)} unchanged), "
+            f"{result.count('failed')} failed; summary: {result.summary_csv}",
+        )
 
     def _on_error(self, error: BaseException) -> None:
         if isinstance(error, Cancelled):

@@ -92,7 +92,8 @@ class EvaluateWidget(RunnerBacked, QWidget):
         self.output: EvaluateOutput | None = None
         self.prediction = ComboBox(label="Prediction", choices=self._image_choices, tooltip="probabilities in [0, 1]")
         self.uncertainty = ComboBox(
-            label="Uncertainty", choices=self._uncertainty_choices,
+            label="Uncertainty",
+            choices=self._uncertainty_choices,
             tooltip="scored by AUROC for the errors; none: the entropy of the prediction",
         )
         self.ground_truth = ComboBox(label="Ground truth", choices=self._truth_choices)

@@ -8,7 +8,9 @@ input they came from and their role, so a re-run replaces them instead of adding
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+import weakref
 from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -16,7 +18,7 @@ import numpy as np
 
 from ..core.errors import InputError
 from ..core.mesh import Mesh
-from ..core.structures import StructureSet, combine_structures
+from ..core.structures import StructureSet, combine_structures, concatenate_meshes
 from ..core.volume import Volume
 
 TAG = "dropsembles"  # metadata key of result layers: {"role": ..., "source": ..., "source_name": ...}
@@ -33,9 +35,10 @@ ROLE_NAMES = {
 LayerDataTuple = tuple  # (data, kwargs, layer_type), napari's convention
 AFTER_CREATION = {  # set on the layer (not constructor arguments in napari 0.9)
     "thresholded": {"contour": 1},
-    "variance": {"colorbar.visible": True},
-    "mesh": {"colorbar.visible": True},
 }
+# napari's in-canvas colour bar, turned on when the layer is first shown (3D: the mesh). The 2D heatmap's
+# colour bar is drawn by Qt in the Reconstruct dock: napari's costs a 0.3-0.9 s pause under software OpenGL
+COLOUR_BAR_ROLES = ("mesh",)
 SHOWN_IN = {  # what a reader needs at once: in 2D the outline and the heatmap, in 3D the mesh alone
     2: {"thresholded": True, "variance": True, "mesh": False, "members": False},
     3: {"thresholded": False, "variance": False, "mesh": True, "members": True, "mean": False},
@@ -150,8 +153,12 @@ def layer_to_volume(layer) -> Volume:
 # --------------------------------------------------------------------------- results -> layer data
 
 
-def _metadata(frame: InputFrame, role: str, **extra) -> dict:
+def result_metadata(frame: InputFrame, role: str, **extra) -> dict:
+    """The tag of a layer made from the input ``frame`` (its role; ``extra`` facts about it)."""
     return {TAG: {"role": role, "source": frame.source_id, "source_name": frame.name, **extra}}
+
+
+_metadata = result_metadata
 
 
 def _name(frame: InputFrame, role: str) -> str:
@@ -199,10 +206,12 @@ def surface_data(mesh: Mesh, frame: InputFrame) -> tuple:
     return frame.world_to_data(mesh.vertices_mm).astype(np.float32), mesh.faces, values.astype(np.float32)
 
 
-def mesh_layer_data(mesh: Mesh, frame: InputFrame, limits: tuple[float, float], role: str = "mesh", **extra) -> tuple:
+def mesh_layer_data(
+    mesh: Mesh, frame: InputFrame, limits: tuple[float, float], role: str = "mesh", *, name: str | None = None, **extra
+) -> tuple:
     """A Surface in the input's own transform, coloured by its vertex values (variance)."""
     kwargs = {
-        "name": _name(frame, role),
+        "name": name or _name(frame, role),
         "colormap": mesh_colormap(),
         "contrast_limits": limits,
         "shading": "smooth",
@@ -219,23 +228,58 @@ def as_structures(result) -> StructureSet:
     return result if isinstance(result, StructureSet) else combine_structures({1: result})
 
 
+def structure_meshes(structures: StructureSet, threshold: float, *, step_size: int = 1) -> dict[int, Mesh]:
+    """label -> that structure's surface at ``threshold`` (the cached mesh when it was extracted there)."""
+    meshes = {}
+    for label, result in sorted(structures.results.items()):
+        if step_size == 1 and abs(float(threshold) - result.config.threshold) < 1e-9:
+            meshes[label] = result.mesh
+        else:
+            meshes[label] = result.remesh(threshold, step_size=step_size)
+    return meshes
+
+
+def structure_name(label: int, names: Mapping[int, str] | None) -> str:
+    return (names or {}).get(int(label), f"label {int(label)}")
+
+
+def structure_mesh_name(frame_name: str, label: int, names: Mapping[int, str] | None) -> str:
+    return f"{frame_name} mesh {structure_name(label, names)}"
+
+
 def reconstruction_to_layer_data(
-    result, input_layer, *, threshold: float | None = None, member: int | None = None
+    result,
+    input_layer,
+    *,
+    threshold: float | None = None,
+    member: int | None = None,
+    names: Mapping[int, str] | None = None,
 ) -> list[LayerDataTuple]:
     """Result layers of a Reconstruction or StructureSet, aligned with ``input_layer`` in world mm.
 
     ``mean occupancy`` (Image, iso, hidden until asked for), ``variance`` (Image, inferno fading in
-    from transparent, colour bar), ``thresholded`` (Labels drawn as outlines), ``mesh`` (Surface,
-    values = variance, same contrast limits as the heatmap, colour bar) and, when ``member`` is
-    given, that member's mesh.
+    from transparent), ``thresholded`` (Labels drawn as outlines), ``mesh`` (Surface, values =
+    variance, same contrast limits as the heatmap) and, when ``member`` is given, that member's mesh.
+    Several structures get one mesh layer each (named with ``names``: label -> name), tagged with
+    their ``structure``.
     """
     structures = as_structures(result)
     frame = input_layer if isinstance(input_layer, InputFrame) else InputFrame.from_layer(input_layer)
     level = structures.threshold if threshold is None else float(threshold)
     extra = {"labels": structures.labels, "members": structures.members, "device": structures.device}
-    mesh = structures.remesh(level)
+    several = len(structures.results) > 1
+    meshes = structure_meshes(structures, level) if several else None
+    mesh = concatenate_meshes(list(meshes.values())) if several else structures.remesh(level)
     layers = maps_to_layer_data(
-        structures.mean, structures.variance, mesh, frame, level, thresholded=structures.label_volume(level), **extra
+        structures.mean,
+        structures.variance,
+        mesh,
+        frame,
+        level,
+        thresholded=structures.label_volume(level),
+        structure_meshes=meshes,
+        names=names,
+        **extra,
     )
     if member is not None:
         limits = variance_limits(structures.variance, mesh)
@@ -251,13 +295,25 @@ def maps_to_layer_data(
     threshold: float,
     *,
     thresholded: Volume | None = None,
+    structure_meshes: Mapping[int, Mesh] | None = None,
+    names: Mapping[int, str] | None = None,
     **extra,
 ) -> list[LayerDataTuple]:
-    """Layer data of a mean / variance pair and its mesh (also used for saved result folders)."""
+    """Layer data of a mean / variance pair and its mesh (also used for saved result folders); with
+    ``structure_meshes`` (label -> Mesh), one mesh layer per structure instead of ``mesh``."""
     limits = variance_limits(variance, mesh)
     if thresholded is None:
         thresholded = mean.with_data((np.asarray(mean.data) >= threshold).astype(np.uint8))
     extra = {"threshold": threshold, **extra}
+    if structure_meshes:
+        surfaces = [
+            mesh_layer_data(
+                part, frame, limits, name=structure_mesh_name(frame.name, label, names), structure=int(label), **extra
+            )
+            for label, part in structure_meshes.items()
+        ]
+    else:
+        surfaces = [mesh_layer_data(mesh, frame, limits, **extra)]
     return [
         (
             np.asarray(mean.data, np.float32),
@@ -297,7 +353,7 @@ def maps_to_layer_data(
             },
             "labels",
         ),
-        mesh_layer_data(mesh, frame, limits, **extra),
+        *surfaces,
     ]
 
 
@@ -307,8 +363,12 @@ def mask_preview_layer_data(layer, level: float) -> LayerDataTuple:
     frame = InputFrame.from_layer(layer)
     return (
         (np.asarray(data) >= level).astype(np.uint8),
-        {"name": _name(frame, "mask_preview"), "opacity": 0.9, "metadata": _metadata(frame, "mask_preview"),
-         **frame.transform},
+        {
+            "name": _name(frame, "mask_preview"),
+            "opacity": 0.9,
+            "metadata": _metadata(frame, "mask_preview"),
+            **frame.transform,
+        },
         "labels",
     )
 
@@ -355,8 +415,11 @@ def label_names(layer) -> dict[int, str]:
     if features is not None and len(features):
         column = next((c for c in ("name", "label_name", "names") if c in features.columns), None)
         if column is not None:
-            ids = features["index"] if "index" in features.columns else (
-                features["label"] if "label" in features.columns else features.index)
+            ids = (
+                features["index"]
+                if "index" in features.columns
+                else (features["label"] if "label" in features.columns else features.index)
+            )
             for label, name in zip(ids, features[column], strict=False):
                 if isinstance(name, str) and name:
                     names[int(label)] = name
@@ -373,6 +436,28 @@ def label_colours(layer, labels: Iterable[int]) -> dict[int, tuple]:
         if colour is not None:
             colours[int(label)] = tuple(float(c) for c in colour)
     return colours
+
+
+def slice_outline(shape: tuple, axis: int, index: int) -> np.ndarray:
+    """The 4 corners (data coordinates) of slice ``index`` along ``axis`` of a grid of ``shape``: a rectangle
+    around the whole slice, on the voxel edges."""
+    others = [a for a in range(3) if a != axis]
+    corners = np.zeros((4, 3))
+    corners[:, axis] = index
+    low = [-0.5, -0.5]
+    high = [shape[others[0]] - 0.5, shape[others[1]] - 0.5]
+    for row, (u, v) in enumerate(((low[0], low[1]), (low[0], high[1]), (high[0], high[1]), (high[0], low[1]))):
+        corners[row, others[0]], corners[row, others[1]] = u, v
+    return corners
+
+
+def slice_view_order(axis: int, ndim: int = 3) -> tuple[int, ...]:
+    """napari dims order that puts data axis ``axis`` (of the last three) on the slider, the others shown
+    superior (or anterior) up as :func:`viewing_order` does."""
+    vertical = 2 if axis != 2 else 1
+    horizontal = ({0, 1, 2} - {axis, vertical}).pop()
+    offset = ndim - 3
+    return (*range(offset), offset + axis, offset + vertical, offset + horizontal)
 
 
 RADIOLOGICAL = ("towards", "up", "left")  # camera: superior (or anterior) up, the patient's right on the left
@@ -402,10 +487,9 @@ def orient_like_a_radiologist(viewer, layer) -> bool:
     viewer.dims.order = order
     source = str((getattr(layer, "metadata", None) or {}).get("source_path", "")).lower()
     if source.endswith((".nii", ".nii.gz")):
-        viewer.camera.orientation = RADIOLOGICAL
+        viewer.scene.camera.orientation = RADIOLOGICAL
     viewer.reset_view()
     return True
-
 
 
 def role_of(layer) -> str | None:
@@ -413,51 +497,145 @@ def role_of(layer) -> str | None:
     return tag.get("role") if isinstance(tag, dict) else None
 
 
+def layer_key(metadata: Mapping) -> str | None:
+    """A result layer's key among its input's results: its role, and its structure for a structure's mesh
+    (``mesh:5``)."""
+    tag = (metadata or {}).get(TAG)
+    if not isinstance(tag, dict):
+        return None
+    structure = tag.get("structure")
+    return tag.get("role") if structure is None else f"{tag.get('role')}:{structure}"
+
+
 def result_layers(layers: Iterable, source_id: str) -> dict[str, object]:
-    """role -> layer of the results (and preview) made from the input ``source_id``."""
+    """key (:func:`layer_key`) -> layer of the results (and preview) made from the input ``source_id``."""
     found = {}
     for layer in layers:
-        tag = (getattr(layer, "metadata", None) or {}).get(TAG)
+        metadata = getattr(layer, "metadata", None) or {}
+        tag = metadata.get(TAG)
         if isinstance(tag, dict) and tag.get("source") == source_id:
-            found[tag.get("role")] = layer
+            found[layer_key(metadata)] = layer
     return found
+
+
+def structure_mesh_layers(layers: Mapping[str, object]) -> dict[int, object]:
+    """label -> mesh layer of each structure (multi-structure results; {} for one structure)."""
+    return {int(key.split(":", 1)[1]): layer for key, layer in layers.items() if key and key.startswith("mesh:")}
 
 
 IN_PLACE = ("scale", "translate", "contrast_limits", "iso_threshold", "name")  # refreshed on a re-run
 PREVIEW_TO_MEAN = ("colormap", "opacity", "blending", "rendering", "visible")
 
 
+def _differs(layer, key: str, value) -> bool:
+    current = getattr(layer, key, None)
+    if key == "colormap" or current is None:
+        return True
+    try:
+        return not np.allclose(np.asarray(current, float), np.asarray(value, float))
+    except (TypeError, ValueError):
+        return current != value
+
+
 def update_in_place(layer, data, kwargs: dict, layer_type: str, keys: tuple[str, ...] = IN_PLACE) -> bool:
     """Give an existing result layer new data and frame; keeps the user's display choices.
 
     Removing a layer makes napari run a full garbage collection (seconds with torch loaded) and
-    adding one builds its visual: updating in place keeps the viewer responsive on re-runs.
+    adding one builds its visual: updating in place keeps the viewer responsive on re-runs. A
+    property is set only when it changes (each change makes napari refresh the layer).
     """
     if layer._type_string != layer_type or any(key in kwargs for key in ("affine", "rotate", "shear")):
         return False
     if getattr(layer, "affine", None) is not None and not np.allclose(layer.affine.affine_matrix, np.eye(4)):
         return False
+    if "visible" in keys and kwargs.get("visible") is False and layer.visible:
+        layer.visible = False  # hidden first: napari does not slice or draw the new data of a hidden layer
+    for key in ("scale", "translate"):  # the frame first: the new data is sliced once, in it
+        if key in keys and key in kwargs and _differs(layer, key, kwargs[key]):
+            setattr(layer, key, kwargs[key])
     layer.data = data
     for key in keys:
-        if key in kwargs:
+        if key in kwargs and key not in ("scale", "translate") and _differs(layer, key, kwargs[key]):
             setattr(layer, key, kwargs[key])
     layer.metadata = dict(kwargs["metadata"])
     return True
 
 
-def place_result_layers(viewer, source_id: str, layer_data: list[LayerDataTuple]) -> Generator[object, None, list]:
+@contextlib.contextmanager
+def not_activating(layer_list):
+    """Layers appended inside are not made the active layer, and nobody is told about a selection change.
+
+    napari selects each new layer, which rebuilds the layer controls panel twice (once for the new
+    layer, once more when the user's selection is put back): about 100 ms a layer under software
+    OpenGL. Here the selection's events are held while the layer goes in and the selection is put
+    back as it was before they are released, so the controls never change.
+    """
+    selection = layer_list.selection
+    selected, active = set(selection), selection.active
+    with selection.events.blocker_all():
+        try:
+            yield
+        finally:
+            still = {layer for layer in selected if layer in layer_list}
+            if set(selection) != still or selection.active is not active:
+                selection.clear()
+                selection.update(still)
+                if active is not None and active in layer_list:
+                    selection.active = active
+
+
+def _set_after_creation(layer, role: str) -> None:
+    for name, value in AFTER_CREATION.get(role, {}).items():
+        *path, attribute = name.split(".")
+        target = layer
+        for part in path:
+            target = getattr(target, part)
+        setattr(target, attribute, value)
+
+
+def colour_bar_when_shown(layer) -> None:
+    """The layer's colour bar appears the first time the layer is shown (now, if it is visible).
+
+    A colour bar costs napari about 100-300 ms under software OpenGL (its visual, then its text the
+    first time it is drawn): a hidden layer (the mesh in 2D) pays it when the user shows it.
+    """
+    if layer.visible:
+        layer.colorbar.visible = True
+        return
+
+    def show(event=None, ref=weakref.ref(layer)) -> None:
+        target = ref()
+        if target is None:
+            return
+        if target.visible:
+            target.colorbar.visible = True
+            target.events.visible.disconnect(show)
+
+    layer.events.visible.connect(show)
+
+
+def place_result_layers(
+    viewer, source_id: str, layer_data: list[LayerDataTuple], ndisplay: int | None = None
+) -> Generator[object, None, list]:
     """Results of ``source_id`` take the place of the previous ones (updated in place when possible).
 
-    Yields after each layer so that a caller can let the event loop breathe in between.
+    A generator of small steps, so that a caller can let the event loop run in between (each step
+    is one repaint's worth of napari work under software OpenGL): a new layer is added hidden (no
+    slicing, no thumbnail, not selected), then shown in a step of its own, then its colour bar. A
+    layer that already exists gets its data in place and keeps the user's visibility. New layers
+    are shown the readable way for ``ndisplay`` (:data:`SHOWN_IN`; default: the viewer's).
     """
     from napari.layers import Layer
 
+    shown = SHOWN_IN.get(int(viewer.dims.ndisplay if ndisplay is None else ndisplay), {})
     existing = result_layers(viewer.layers, source_id)
     preview = existing.pop("preview", None)
-    placed = []
+    existing.pop("suggestion", None)  # the annotate-next outline stays (it is not a result layer)
+    placed, to_show = [], []
     for data, kwargs, layer_type in layer_data:
         role = kwargs["metadata"][TAG]["role"]
-        old = existing.pop(role, None)
+        key = layer_key(kwargs["metadata"])
+        old = existing.pop(key, None)
         if old is not None and old in viewer.layers and update_in_place(old, data, kwargs, layer_type):
             placed.append(old)
             yield old
@@ -469,21 +647,30 @@ def place_result_layers(viewer, source_id: str, layer_data: list[LayerDataTuple]
             preview = None
             yield placed[-1]
             continue
-        layer = Layer.create(data, dict(kwargs), layer_type)
-        for name, value in AFTER_CREATION.get(role, {}).items():
-            *path, attribute = name.split(".")
-            target = layer
-            for part in path:
-                target = getattr(target, part)
-            setattr(target, attribute, value)
-        if old is not None and old in viewer.layers:
-            index = viewer.layers.index(old)
-            viewer.layers.remove(old)
-            viewer.layers.insert(index, layer)
-        else:
-            viewer.layers.append(layer)
+        visible = bool(shown.get(role, kwargs.get("visible", True)))
+        layer = Layer.create(data, {**kwargs, "visible": False}, layer_type)
+        _set_after_creation(layer, role)
+        with not_activating(viewer.layers):
+            if old is not None and old in viewer.layers:
+                index = viewer.layers.index(old)
+                viewer.layers.remove(old)
+                viewer.layers.insert(index, layer)
+            else:
+                viewer.layers.append(layer)
         placed.append(layer)
+        wants_bar = role in COLOUR_BAR_ROLES and key == role  # not on each structure's mesh: one bar, not N
+        if visible:
+            to_show.append((layer, wants_bar))
+        elif wants_bar:
+            colour_bar_when_shown(layer)
         yield layer
+    for layer, _bar in to_show:  # sliced and drawn for the first time: one layer per step
+        layer.visible = True
+        yield layer
+    for layer, bar in to_show:
+        if bar:
+            colour_bar_when_shown(layer)
+            yield layer
     for stale in [*existing.values(), preview]:
         if stale is not None and stale in viewer.layers:
             viewer.layers.remove(stale)

@@ -41,7 +41,10 @@ class TrainPriorWidget(RunnerBacked, QWidget):
         self.data_folder = FileEdit(label="Mask folder", mode="d", tooltip="dense 3D masks (.nii.gz, .tif, .npy)")
         self.steps = SpinBox(label="Steps", value=defaults.steps, min=1, max=1_000_000)
         self.samples = SpinBox(
-            label="Training samples", value=defaults.samples, min=1, max=1_000_000,
+            label="Training samples",
+            value=defaults.samples,
+            min=1,
+            max=1_000_000,
             tooltip="sliced, corrupted examples made up front from the shapes",
         )
         self.batch_size = SpinBox(label="Batch size", value=defaults.batch_size, min=1, max=256)
@@ -59,8 +62,20 @@ class TrainPriorWidget(RunnerBacked, QWidget):
         )
         self.form = Container(
             widgets=[
-                self.source, self.data_folder, self.steps, self.samples, self.batch_size, self.shapes, self.models,
-                self.dropout, self.grid_size, self.hidden, self.blocks, self.fisher_samples, self.seed, self.device,
+                self.source,
+                self.data_folder,
+                self.steps,
+                self.samples,
+                self.batch_size,
+                self.shapes,
+                self.models,
+                self.dropout,
+                self.grid_size,
+                self.hidden,
+                self.blocks,
+                self.fisher_samples,
+                self.seed,
+                self.device,
                 self.out_path,
             ],
             labels=True,
@@ -80,8 +95,11 @@ class TrainPriorWidget(RunnerBacked, QWidget):
     def model_config(self) -> ModelConfig:
         """The architecture: ``base_model`` (encoder widths etc.) with the form's grid, width, blocks, dropout."""
         return replace(
-            self.base_model, grid_size=int(self.grid_size.value), hidden=int(self.hidden.value),
-            blocks=int(self.blocks.value), dropout=float(self.dropout.value),
+            self.base_model,
+            grid_size=int(self.grid_size.value),
+            hidden=int(self.hidden.value),
+            blocks=int(self.blocks.value),
+            dropout=float(self.dropout.value),
         )
 
     def request(self) -> PretrainRequest:
@@ -91,12 +109,20 @@ class TrainPriorWidget(RunnerBacked, QWidget):
             if not folder.is_dir():
                 raise InputError(f"choose a folder of dense masks (got {folder})")
         config = PretrainConfig(
-            steps=int(self.steps.value), samples=int(self.samples.value), batch_size=int(self.batch_size.value),
-            shapes=int(self.shapes.value), fisher_samples=int(self.fisher_samples.value), seed=int(self.seed.value),
+            steps=int(self.steps.value),
+            samples=int(self.samples.value),
+            batch_size=int(self.batch_size.value),
+            shapes=int(self.shapes.value),
+            fisher_samples=int(self.fisher_samples.value),
+            seed=int(self.seed.value),
         )
         return PretrainRequest(
-            out_path=Path(self.out_path.value), model_config=self.model_config(), config=config,
-            models=int(self.models.value), data_folder=folder, device=self.device.value,
+            out_path=Path(self.out_path.value),
+            model_config=self.model_config(),
+            config=config,
+            models=int(self.models.value),
+            data_folder=folder,
+            device=self.device.value,
         )
 
     def run(self) -> Task | None:
@@ -108,7 +134,9 @@ class TrainPriorWidget(RunnerBacked, QWidget):
             self._failed(Outcome(RunState.FAILED, error=error))
             return None
         return self.runner.start(
-            partial(pretrain_task, request), message="pretraining", activity_name="train a prior",
+            partial(pretrain_task, request),
+            message="pretraining",
+            activity_name="train a prior",
             on_finished=self._on_finished,
         )
 

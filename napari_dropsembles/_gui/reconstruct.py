@@ -36,9 +36,11 @@ from ..core.progress import drive
 from ..core.structures import StructureRow
 from ..core.vertex_labels import label_vertex_colours, vertex_labels
 from ..core.volume import Volume
+from .annotate import AnnotatePanel
 from .common import (
     ERROR_STYLE,
     WARN_STYLE,
+    ColourLegend,
     RunPanel,
     is_deleted,
     known_priors,
@@ -53,12 +55,15 @@ from .layers import (
     label_names,
     layer_to_volume,
     mask_preview_layer_data,
+    not_activating,
     orient_like_a_radiologist,
     place_result_layers,
     preview_layer_data,
     result_layers,
     role_of,
     show_for_ndisplay,
+    structure_mesh_layers,
+    structure_mesh_name,
 )
 from .run import RunController, RunnerBacked, shutdown_on_destroy
 from .state import RunState
@@ -67,8 +72,10 @@ from .tasks import (
     EACH_LABEL,
     ReconstructOutput,
     ReconstructRequest,
+    RefineRequest,
     RemeshOutput,
     reconstruct_task,
+    refine_task,
     remesh_task,
     start_warm_up,
 )
@@ -81,6 +88,8 @@ BUNDLED = "bundled"
 BINARY = "binary"
 PREVIEW_INTERVAL_S = 2.0
 PLACE_PAUSE_MS = 15  # between result layers: lets the event loop repaint and take input
+PREVIEW_LOOK = ("colormap", "contrast_limits", "opacity", "blending", "rendering", "iso_threshold", "visible")
+PREVIEW_FRAME = ("data", "scale", "translate")
 COARSE_VOXELS = 64**3  # above this, the mesh follows a dragged slider at half resolution first
 METHOD_LABELS = {name: method.label or name for name, method in REGISTRY.items()}
 
@@ -117,8 +126,9 @@ class StructureTable(QTableWidget):
         )
         self.itemChanged.connect(self._renamed)
 
-    def set_rows(self, rows: list[StructureRow], names: dict[int, str] | None = None,
-                 colours: dict[int, tuple] | None = None) -> None:
+    def set_rows(
+        self, rows: list[StructureRow], names: dict[int, str] | None = None, colours: dict[int, tuple] | None = None
+    ) -> None:
         self.rows = list(rows)
         self.names = dict(names or {})
         colours = colours or {}
@@ -176,6 +186,7 @@ class ReconstructWidget(RunnerBacked, QWidget):
         self._remesh_serial = 0
         self._remesh_applied = 0
         self._preview_layer = None
+        self._preview_restore: dict | None = None  # the previous mean's look while it shows the live preview
         self._mask_preview = None
         self._frame: InputFrame | None = None
         self._described_input = None  # the input layer the Label choices describe
@@ -204,7 +215,12 @@ class ReconstructWidget(RunnerBacked, QWidget):
         self.mesh_colour.addItems([MESH_BY_VARIANCE, MESH_BY_STRUCTURE])
         self.mesh_colour.setToolTip("the mesh coloured by the members' variance, or by structure (the labels' colours)")
         self.mesh_colour.currentTextChanged.connect(lambda _text: self._recolour_mesh())
+        self.mesh_colour.activated.connect(self._mesh_colour_chosen)  # the user's choice (not ours) is kept
+        self._mesh_colour_by_user = False
         self._highlight: int | None = None  # the structure a table row click selected
+        self.legend = ColourLegend("variance (p²)")  # the heatmap's and the mesh's colours
+        self.legend.setVisible(False)
+        self._legend_sources: weakref.WeakSet = weakref.WeakSet()  # variance layers the legend follows
         self.result_info = QLabel("no result for this input yet")
         self.result_info.setWordWrap(True)
         self.notes_info = QLabel("")  # how the observation was read (below the table: it can be long)
@@ -242,9 +258,13 @@ class ReconstructWidget(RunnerBacked, QWidget):
         colour_row.addWidget(QLabel("Mesh colour"))
         colour_row.addWidget(self.mesh_colour, 1)
         layout.addLayout(colour_row)
+        layout.addWidget(self.legend)
         layout.addWidget(self.result_info)
         layout.addWidget(self.table)
         layout.addWidget(self.notes_info)
+        self.annotate = AnnotatePanel(self)  # suggest the next slice, refine with the user's corrections
+        layout.addWidget(QLabel("<b>Annotate next</b>"))
+        layout.addWidget(self.annotate)
         layout.addStretch(1)
 
         self._coarse_timer = _single_shot(self, 30, partial(self._remesh, False))
@@ -286,12 +306,14 @@ class ReconstructWidget(RunnerBacked, QWidget):
         self.method = ComboBox(label="Method", choices=[(METHOD_LABELS[m], m) for m in METHODS], value=defaults.method)
         self.members = SpinBox(label="Members", value=defaults.members, min=1, max=32)
         self.steps = SpinBox(label="Fine-tuning steps", value=defaults.finetune.steps, min=0, max=5000)
-        self.ewc = FloatSpinBox(
-            label="EWC strength", value=defaults.finetune.ewc_lambda, min=0.0, max=100.0, step=0.01
-        )
+        self.ewc = FloatSpinBox(label="EWC strength", value=defaults.finetune.ewc_lambda, min=0.0, max=100.0, step=0.01)
         self.seed = SpinBox(label="Seed", value=defaults.seed, min=0, max=2**31 - 1)
         self.spacing = FloatSpinBox(
-            label="Output spacing (mm)", value=0.0, min=0.0, max=50.0, step=0.1,
+            label="Output spacing (mm)",
+            value=0.0,
+            min=0.0,
+            max=50.0,
+            step=0.1,
             tooltip="0 = the input's finest voxel spacing",
         )
         self.empty_slices = ComboBox(
@@ -311,13 +333,27 @@ class ReconstructWidget(RunnerBacked, QWidget):
         self.image_threshold.visible = False
         self.use_image_threshold.visible = False
         self.form = Container(
-            widgets=[self.input, self.label, self.use_image_threshold, self.image_threshold, self.method,
-                     self.members, self.steps],
+            widgets=[
+                self.input,
+                self.label,
+                self.use_image_threshold,
+                self.image_threshold,
+                self.method,
+                self.members,
+                self.steps,
+            ],
             labels=True,
         )
         self.advanced_form = Container(
-            widgets=[self.ewc, self.seed, self.spacing, self.empty_slices, self.device, self.member_meshes,
-                     self.live_preview],
+            widgets=[
+                self.ewc,
+                self.seed,
+                self.spacing,
+                self.empty_slices,
+                self.device,
+                self.member_meshes,
+                self.live_preview,
+            ],
             labels=True,
         )
         shrinkable_combos(self.input, self.label, self.method, self.prior)
@@ -332,8 +368,11 @@ class ReconstructWidget(RunnerBacked, QWidget):
     def _input_choices(self, _widget=None) -> list[tuple[str, object]]:
         from napari.layers import Image, Labels
 
-        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, (Image, Labels))
-                and role_of(layer) is None]
+        return [
+            (layer.name, layer)
+            for layer in self.viewer.layers
+            if isinstance(layer, (Image, Labels)) and role_of(layer) is None
+        ]
 
     def _prior_choices(self, _widget=None) -> list[tuple[str, str]]:
         bundled = "bundled vertebra prior" + ("" if bundled_prior_path().is_file() else " (not installed)")
@@ -546,9 +585,12 @@ class ReconstructWidget(RunnerBacked, QWidget):
         threshold = float(self.image_threshold.value) if self._thresholding() else None
         selection = self.label.value
         config = self.config()
+        frame = InputFrame.from_layer(layer)
+        names = self._names.setdefault(frame.source_id, label_names(layer))
         return ReconstructRequest(
             volume=volume,
-            frame=InputFrame.from_layer(layer),
+            frame=frame,
+            names=dict(names),
             prior=None if self.prior.value == BUNDLED else self.prior.value,
             config=config,
             selection=None if selection == BINARY else selection,
@@ -569,8 +611,24 @@ class ReconstructWidget(RunnerBacked, QWidget):
         if request.config.preview_interval_s > 0:
             self._prepare_preview(request)
         return self.runner.start(
-            partial(reconstruct_task, request), message=f"reconstructing '{request.frame.name}'",
-            activity_name=request.frame.name, on_progress=self._on_progress, on_finished=self._on_finished,
+            partial(reconstruct_task, request),
+            message=f"reconstructing '{request.frame.name}'",
+            activity_name=request.frame.name,
+            on_progress=self._on_progress,
+            on_finished=self._on_finished,
+        )
+
+    def start_refine(self, request: RefineRequest) -> Task:
+        """Refine the selected input's result in the background (the Annotate next panel's Refine)."""
+        self._frame = request.frame
+        if request.preview_interval_s > 0:
+            self._prepare_preview(request)
+        return self.runner.start(
+            partial(refine_task, request),
+            message=f"refining '{request.frame.name}'",
+            activity_name=request.frame.name,
+            on_progress=self._on_progress,
+            on_finished=self._on_finished,
         )
 
     def cancel(self) -> None:
@@ -581,15 +639,21 @@ class ReconstructWidget(RunnerBacked, QWidget):
             self._show_preview(progress.preview)
 
     def _prepare_preview(self, request: ReconstructRequest) -> None:
-        """Add the (hidden) preview layer now, when Run is pressed: adding a layer costs napari about a
-        second under software OpenGL, a pause that would otherwise come in the middle of the run."""
+        """Have a layer ready for the live preview when Run is pressed. A re-run shows it in the previous
+        result's mean layer (its look is given back at the end); a first run adds a hidden layer now,
+        which becomes the mean: adding a layer costs napari a few hundred ms under software OpenGL and
+        removing one a full garbage collection, pauses that would otherwise come in the middle of the run."""
         from napari.layers import Layer
 
-        self._remove_preview()
+        self._end_preview(keep_data=False)
+        mean = result_layers(self.viewer.layers, request.frame.source_id).get("mean")
+        if mean is not None and mean._type_string == "image":
+            self._preview_layer = mean
+            return
         placeholder = Volume(np.zeros((2, 2, 2), np.float32), request.volume.affine)
         data, kwargs, layer_type = preview_layer_data(placeholder, request.frame, float(self.threshold.value()))
         self._preview_layer = Layer.create(data, {**kwargs, "visible": False}, layer_type)
-        with _keeping_selection(self.viewer):
+        with not_activating(self.viewer.layers):
             self.viewer.layers.append(self._preview_layer)
 
     def _show_preview(self, preview: Volume) -> None:
@@ -598,20 +662,34 @@ class ReconstructWidget(RunnerBacked, QWidget):
         data, kwargs, layer_type = preview_layer_data(preview, self._frame, float(self.threshold.value()))
         layer = self._preview_layer
         if layer is not None and layer in self.viewer.layers and "affine" not in kwargs:
+            if role_of(layer) == "mean" and self._preview_restore is None:  # the previous mean shows the preview
+                self._preview_restore = {key: getattr(layer, key) for key in (*PREVIEW_LOOK, *PREVIEW_FRAME)}
+                for key in PREVIEW_LOOK:
+                    if key in kwargs:
+                        setattr(layer, key, kwargs[key])
             if not (np.allclose(layer.scale, kwargs["scale"]) and np.allclose(layer.translate, kwargs["translate"])):
                 layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]  # another structure's box
             layer.data = data
             layer.visible = True
             return
-        self._remove_preview()
+        self._end_preview(keep_data=False)
         if self.status.running:
             self._preview_layer = Layer.create(data, kwargs, layer_type)
-            with _keeping_selection(self.viewer):
+            with not_activating(self.viewer.layers):
                 self.viewer.layers.append(self._preview_layer)
 
-    def _remove_preview(self) -> None:
-        layer, self._preview_layer = self._preview_layer, None
-        if layer is not None and layer in self.viewer.layers:
+    def _end_preview(self, keep_data: bool) -> None:
+        """The run is over: a previous mean that showed the preview gets its look back (and its data, unless
+        the new result replaces it); an added preview layer is removed unless it becomes the new mean."""
+        layer, restore = self._preview_layer, self._preview_restore
+        self._preview_layer = self._preview_restore = None
+        if layer is None or layer not in self.viewer.layers:
+            return
+        if role_of(layer) == "mean":
+            for key, value in (restore or {}).items():
+                if not (keep_data and key in PREVIEW_FRAME):
+                    setattr(layer, key, value)
+        elif not keep_data:
             self.viewer.layers.remove(layer)
 
     def _on_finished(self, outcome: Outcome) -> None:
@@ -620,7 +698,7 @@ class ReconstructWidget(RunnerBacked, QWidget):
         if outcome.state is RunState.DONE:
             self._show_result(outcome.value)
             return
-        self._remove_preview()
+        self._end_preview(keep_data=False)
         if outcome.state is RunState.CANCELLED:
             self.status.finish(RunState.CANCELLED, "cancelled: no layer was changed")
         else:
@@ -634,9 +712,10 @@ class ReconstructWidget(RunnerBacked, QWidget):
         """Put the result layers in place one per event-loop turn (the viewer stays responsive)."""
         self.status.message = "adding the result layers"
         self.status.changed.emit()
+        self._end_preview(keep_data=True)
         self._apply_names_and_colours(output)
         placing = place_result_layers(self.viewer, output.frame.source_id, output.layer_data)
-        if (self.sync if self.sync is not None else sync_workers_default()):
+        if self.sync if self.sync is not None else sync_workers_default():
             with _keeping_selection(self.viewer):
                 added = drive(placing)
             self._result_placed(output, added)
@@ -650,8 +729,8 @@ class ReconstructWidget(RunnerBacked, QWidget):
         if colormap is None:
             return
         for _data, kwargs, layer_type in output.layer_data:
-            if layer_type == "labels":
-                kwargs["colormap"] = colormap
+            if layer_type == "labels":  # a copy: highlighting a structure in the result must not hide the input's
+                kwargs["colormap"] = colormap.model_copy(deep=True) if hasattr(colormap, "model_copy") else colormap
 
     def _place_next(self, placing, output: ReconstructOutput) -> None:
         if is_deleted(self):
@@ -665,14 +744,14 @@ class ReconstructWidget(RunnerBacked, QWidget):
         QTimer.singleShot(PLACE_PAUSE_MS, partial(self._place_next, placing, output))
 
     def _result_placed(self, output: ReconstructOutput, added: list) -> None:
-        self._preview_layer = None
         self._remove_mask_preview()
         _link_contrast_limits(added)
-        show_for_ndisplay(added, self.viewer.dims.ndisplay)
         output.layer_data = []  # the layers hold the data now
         self.results[output.frame.source_id] = output
         structures = output.structures
-        self.status.finish(RunState.DONE, f"done in {output.elapsed_s:.1f} s on {structures.device}")
+        self.annotate.result_placed(output)
+        what = "refined" if output.round is not None else "done"
+        self.status.finish(RunState.DONE, f"{what} in {output.elapsed_s:.1f} s on {structures.device}")
         if self._selected_source_id() == output.frame.source_id or self.current is None:
             wanted = float(self.threshold.value())
             self._show_state_of(self.input.value, output)
@@ -698,12 +777,15 @@ class ReconstructWidget(RunnerBacked, QWidget):
             output = self.results.get(self._selected_source_id() or "")
         self.current = output
         self._remesh_serial = self._remesh_applied = 0
+        self._update_legend()
         if output is None:
             self.table.set_rows([])
             self.member.setEnabled(False)
             self.threshold.setEnabled(False)
             self.result_info.setText("no result for this input yet" if layer is not None else "")
             self.notes_info.setVisible(False)
+            if hasattr(self, "annotate"):
+                self.annotate.show_result(None)
             return
         if not self._running_on(output.frame.source_id):
             self.threshold.blockSignals(True)
@@ -736,14 +818,36 @@ class ReconstructWidget(RunnerBacked, QWidget):
         self.notes_info.setText("\n".join(f"• {note}" for note in notes))
         self.notes_info.setVisible(bool(notes))
         self._highlight = None
+        if not self._mesh_colour_by_user:  # several structures: each mesh in its label's colour by default
+            self.mesh_colour.blockSignals(True)
+            self.mesh_colour.setCurrentText(MESH_BY_STRUCTURE if several else MESH_BY_VARIANCE)
+            self.mesh_colour.blockSignals(False)
         self._recolour_mesh()
+        if hasattr(self, "annotate"):
+            self.annotate.show_result(output)
+
+    def _update_legend(self, _event=None) -> None:
+        """The dock's colour bar describes the selected input's variance heatmap (hidden without one)."""
+        if is_deleted(self):
+            return
+        variance = None
+        if self.current is not None:
+            variance = result_layers(self.viewer.layers, self.current.frame.source_id).get("variance")
+        self.legend.setVisible(variance is not None)
+        if variance is None:
+            return
+        if variance not in self._legend_sources:
+            self._legend_sources.add(variance)
+            variance.events.contrast_limits.connect(self._update_legend)
+            variance.events.colormap.connect(self._update_legend)
+        self.legend.set_colormap(variance.colormap, tuple(variance.contrast_limits))
 
     def _running_on(self, source_id: str) -> bool:
         return self.status.running and self._frame is not None and self._frame.source_id == source_id
 
     def _result_threshold(self, output: ReconstructOutput) -> float:
         layers = result_layers(self.viewer.layers, output.frame.source_id)
-        mesh = layers.get("mesh")
+        mesh = layers.get("mesh") or next(iter(structure_mesh_layers(layers).values()), None)
         if mesh is not None:
             return float(mesh.metadata.get(TAG, {}).get("threshold", output.threshold))
         return output.threshold
@@ -815,8 +919,10 @@ class ReconstructWidget(RunnerBacked, QWidget):
         self.last_remesh = output
         layers = result_layers(self.viewer.layers, self.current.frame.source_id)
         variance = layers.get("variance")
-        for role, data in (("mesh", output.mesh), ("members", output.member)):
-            layer = layers.get(role)
+        updates = [("mesh", output.mesh), ("members", output.member)]
+        updates += [(f"mesh:{label}", data) for label, data in (output.structure_meshes or {}).items()]
+        for key, data in updates:
+            layer = layers.get(key)
             if layer is not None and data is not None:
                 limits = tuple(variance.contrast_limits) if variance is not None else layer.contrast_limits
                 if layer.vertex_colors is not None:
@@ -836,7 +942,7 @@ class ReconstructWidget(RunnerBacked, QWidget):
             self.table.set_rows(output.rows, self.table.names, label_colours(source, [r.label for r in output.rows]))
         self.status.message = (
             f"threshold {output.threshold:.2f}: "
-            + ("no surface" if output.empty else f"{len(output.mesh[1]) if output.mesh else 0} triangles")
+            + ("no surface" if output.empty else f"{output.triangles} triangles")
             + f" ({1000 * output.elapsed_s:.0f} ms{', half resolution' if output.step_size > 1 else ''})"
         )
         self.status.changed.emit()
@@ -857,28 +963,59 @@ class ReconstructWidget(RunnerBacked, QWidget):
         centre_on(self.viewer, structure.centre_mm)
 
     def _recolour_mesh(self) -> None:
-        """Colour the mesh by structure (the thresholded labels' colours, the selected one bright) or by variance."""
+        """Colour the mesh by structure (the thresholded labels' colours, the selected one bright) or by variance.
+
+        Several structures: each has its own mesh layer, in its label's colour (the others dimmed while
+        a table row is selected). One structure: by variance unless asked otherwise.
+        """
         if self.current is None:
             return
         layers = result_layers(self.viewer.layers, self.current.frame.source_id)
+        by_structure = self.mesh_colour.currentText() == MESH_BY_STRUCTURE
+        structures = self.current.structures
+        highlight = self._highlight if self._highlight in structures.labels and len(structures.labels) > 1 else None
+        per_structure = structure_mesh_layers(layers)
+        colours = self._structure_colours(layers, structures.labels)
+        if per_structure:
+            for label, layer in per_structure.items():
+                if not by_structure:
+                    if layer.vertex_colors is not None:
+                        layer.vertex_colors = None
+                    continue
+                colour = np.asarray(colours.get(label, (0.7, 0.7, 0.7, 1.0)), np.float32)
+                if highlight is not None and label != highlight:
+                    colour = np.array([*(colour[:3] * 0.3), colour[3]], np.float32)
+                layer.vertex_colors = np.tile(colour, (len(layer.data[0]), 1))
+            return
         mesh = layers.get("mesh")
         if mesh is None:
             return
-        if self.mesh_colour.currentText() != MESH_BY_STRUCTURE:
+        if not by_structure:
             if mesh.vertex_colors is not None:
                 mesh.vertex_colors = None
             return
-        structures = self.current.structures
         affine = self.current.frame.world_affine
         vertices_mm = np.asarray(mesh.data[0], float) @ affine[:3, :3].T + affine[:3, 3]
         labels = vertex_labels(structures.owner, structures.mean, vertices_mm)
-        colours = label_colours(layers.get("thresholded"), structures.labels)
-        highlight = self._highlight if self._highlight in structures.labels and len(structures.labels) > 1 else None
         mesh.vertex_colors = label_vertex_colours(labels, colours, highlight)
 
+    def _structure_colours(self, layers: dict, labels: list[int]) -> dict[int, tuple]:
+        """label -> colour of the input's Labels layer (else the thresholded result's; its highlight aside)."""
+        source = self._source_layer(self.current.frame.source_id)
+        colours = label_colours(source, labels) if source is not None and hasattr(source, "get_color") else {}
+        return colours or label_colours(layers.get("thresholded"), labels)
+
     def _name_edited(self, item) -> None:
+        """A structure renamed in the table: its mesh layer takes the name too."""
         if self.current is not None and item.column() == 0:
-            self._names[self.current.frame.source_id] = dict(self.table.names)
+            names = dict(self.table.names)
+            self._names[self.current.frame.source_id] = names
+            per_structure = structure_mesh_layers(result_layers(self.viewer.layers, self.current.frame.source_id))
+            for label, layer in per_structure.items():
+                layer.name = structure_mesh_name(self.current.frame.name, label, names)
+
+    def _mesh_colour_chosen(self, _index: int) -> None:
+        self._mesh_colour_by_user = True
 
 
 def centre_on(viewer, centre_mm) -> None:
@@ -899,22 +1036,29 @@ def resolve_device_quiet(name: str) -> str:
         return name
 
 
+_FOLLOWERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # heatmap -> the meshes that follow it
+
+
 def _link_contrast_limits(layers: list) -> None:
-    """The mesh colours follow the variance heatmap's contrast limits."""
-    by_role = {role_of(layer): layer for layer in layers}
-    variance = by_role.get("variance")
+    """The mesh colours follow the variance heatmap's contrast limits (one link per heatmap; meshes
+    added by a later run join it)."""
+    variance = next((layer for layer in layers if role_of(layer) == "variance"), None)
     if variance is None:
         return
-    meshes = [weakref.ref(by_role[r]) for r in ("mesh", "members") if r in by_role]
+    new = variance not in _FOLLOWERS
+    followers = _FOLLOWERS.setdefault(variance, weakref.WeakSet())
+    for layer in layers:
+        if role_of(layer) in ("mesh", "members"):
+            followers.add(layer)
+    if not new:
+        return
 
-    def follow(_event=None, meshes=meshes, source=weakref.ref(variance)) -> None:
+    def follow(_event=None, source=weakref.ref(variance)) -> None:
         heat = source()
         if heat is None:
             return
-        for ref in meshes:
-            mesh = ref()
-            if mesh is not None:
-                mesh.contrast_limits = tuple(heat.contrast_limits)
+        for mesh in list(_FOLLOWERS.get(heat, ())):
+            mesh.contrast_limits = tuple(heat.contrast_limits)
 
     variance.events.contrast_limits.connect(follow)  # napari keeps plain functions alive
 
@@ -930,11 +1074,17 @@ def _keeping_selection(viewer):
     try:
         yield
     finally:
-        still = [layer for layer in selected if layer in viewer.layers]
-        viewer.layers.selection.clear()
-        viewer.layers.selection.update(still)
-        if active is not None and active in viewer.layers:
-            viewer.layers.selection.active = active
+        _restore_selection(viewer, selected, active)
+
+
+def _restore_selection(viewer, selected: set, active) -> None:
+    still = [layer for layer in selected if layer in viewer.layers]
+    if set(viewer.layers.selection) == set(still) and viewer.layers.selection.active is active:
+        return  # unchanged: touching it would rebuild the layer controls
+    viewer.layers.selection.clear()
+    viewer.layers.selection.update(still)
+    if active is not None and active in viewer.layers:
+        viewer.layers.selection.active = active
 
 
 def _single_shot(parent: QWidget, ms: int, callback) -> QTimer:

@@ -108,8 +108,10 @@ class RunStatus:
         elif progress.loss is not None and progress.phase in ("finetune", "pretrain"):
             self.losses.append(float(progress.loss))
         text = progress.message or progress.phase
-        self.message = f"{text}: {progress.phase} {progress.step}/{progress.total}" if progress.message else (
-            f"{text} {progress.step}/{progress.total}"
+        self.message = (
+            f"{text}: {progress.phase} {progress.step}/{progress.total}"
+            if progress.message
+            else (f"{text} {progress.step}/{progress.total}")
         )
         self.changed.emit()
 

@@ -8,6 +8,7 @@ output (including ready-made layer data) comes back to the main thread.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.annotate import ExpectedError, SliceSuggestion, expected_band_error, suggest_slices
 from ..core.checkpoint import Prior, load_prior, save_prior
 from ..core.config import ModelConfig
 from ..core.device import resolve_device
@@ -24,14 +26,22 @@ from ..core.errors import CheckpointError, InputError
 from ..core.input_kind import MAX_LABELS
 from ..core.io import binary_mask_from_volume, ensure_writable_dir, list_labels
 from ..core.mesh import sample_volume
-from ..core.metrics import evaluate_probabilities, reliability_curve, surface_band
+from ..core.metrics import dice, evaluate_probabilities, reliability_curve, surface_band
 from ..core.paths import bundled_prior_path
 from ..core.pipeline import ReconstructionConfig
 from ..core.pretrain import PretrainConfig, pretrain_steps, shapes_from_folder
 from ..core.progress import CancelFlag, Progress, check_cancel, relay
-from ..core.structures import StructureRow, StructureSet, reconstruct_structures_steps, structure_masks
+from ..core.refine import refine_steps
+from ..core.result import Reconstruction
+from ..core.structures import (
+    StructureRow,
+    StructureSet,
+    combine_structures,
+    reconstruct_structures_steps,
+    structure_masks,
+)
 from ..core.volume import Volume
-from .layers import InputFrame, reconstruction_to_layer_data, surface_data
+from .layers import InputFrame, reconstruction_to_layer_data, structure_meshes, surface_data
 
 EACH_LABEL = "each"  # label choice: every label reconstructed separately (per-structure table)
 ALL_LABELS = "all"  # label choice: all labels merged into one object
@@ -125,6 +135,7 @@ class ReconstructRequest:
     selection: int | str | None = None  # None (binary input), a label, ALL_LABELS or EACH_LABEL
     image_threshold: float | None = None  # Image input: voxels >= this are the object
     member: int | None = None  # show this member's mesh too
+    names: dict[int, str] = field(default_factory=dict)  # label -> structure name (each structure's mesh layer)
 
 
 @dataclass(eq=False)
@@ -135,6 +146,8 @@ class ReconstructOutput:
     frame: InputFrame
     threshold: float
     elapsed_s: float
+    request: ReconstructRequest | None = None  # how the observation was read (a refinement reads it the same way)
+    round: RoundOutput | None = None  # a refinement's suggestions, expected error and Dice
 
 
 def _is_continuous(data: np.ndarray) -> bool:
@@ -192,9 +205,17 @@ def reconstruct_task(request: ReconstructRequest, cancel: CancelFlag) -> Generat
     yield Progress("layers", 0, 1, message="building layers")
     threshold = request.config.threshold
     member = None if request.member is None else min(int(request.member), structures.members - 1)
-    layer_data = reconstruction_to_layer_data(structures, request.frame, threshold=threshold, member=member)
+    layer_data = reconstruction_to_layer_data(
+        structures, request.frame, threshold=threshold, member=member, names=request.names
+    )
     return ReconstructOutput(
-        structures, layer_data, structures.table(threshold), request.frame, threshold, time.perf_counter() - started
+        structures,
+        layer_data,
+        structures.table(threshold),
+        request.frame,
+        threshold,
+        time.perf_counter() - started,
+        request=request,
     )
 
 
@@ -208,6 +229,13 @@ class RemeshOutput:
     empty: bool
     elapsed_s: float
     rows: list[StructureRow] | None = None  # the structure table at this threshold (full resolution only)
+    structure_meshes: dict[int, tuple] | None = None  # label -> Surface data (several structures: one layer each)
+
+    @property
+    def triangles(self) -> int:
+        if self.structure_meshes:
+            return sum(len(faces) for _v, faces, _values in self.structure_meshes.values()) if not self.empty else 0
+        return len(self.mesh[1]) if self.mesh and not self.empty else 0
 
 
 def remesh_task(
@@ -223,8 +251,12 @@ def remesh_task(
     """Marching cubes on the cached means at a new threshold: no network query."""
     started = time.perf_counter()
     yield Progress("mesh", 0, 1, message=f"threshold {threshold:.2f}")
-    surface, empty = None, False
-    if mesh:
+    surface, empty, parts = None, False, None
+    if mesh and len(structures.results) > 1:
+        meshes = structure_meshes(structures, threshold, step_size=step_size)
+        parts = {label: surface_data(part, frame) for label, part in meshes.items()}
+        empty = all(part.is_empty for part in meshes.values())
+    elif mesh:
         extracted = structures.remesh(threshold, step_size=step_size)
         surface, empty = surface_data(extracted, frame), extracted.is_empty
     labels = structures.label_volume(threshold).data if step_size == 1 and mesh else None
@@ -232,7 +264,9 @@ def remesh_task(
     if member is not None and step_size == 1:
         member_data = surface_data(structures.member_mesh(member, threshold), frame)
     table = structures.table(threshold) if rows else None
-    return RemeshOutput(threshold, step_size, surface, labels, member_data, empty, time.perf_counter() - started, table)
+    return RemeshOutput(
+        threshold, step_size, surface, labels, member_data, empty, time.perf_counter() - started, table, parts
+    )
 
 
 # --------------------------------------------------------------------------- pretrain
@@ -269,9 +303,15 @@ def pretrain_task(request: PretrainRequest, cancel: CancelFlag) -> Generator[Pro
     if request.data_folder is not None:
         shapes = shapes_from_folder(Path(request.data_folder))
     steps = pretrain_steps(  # workers=1: never fork the multi-threaded Qt process
-        request.model_config, request.config, models=request.models, shapes=shapes, device=device, workers=1,
+        request.model_config,
+        request.config,
+        models=request.models,
+        shapes=shapes,
+        device=device,
+        workers=1,
         cancel=cancel,
     )
+
     def overall(progress: Progress) -> None:
         lo, hi = PRETRAIN_PHASES.get(progress.phase, (0.0, 1.0))
         within = lo + (hi - lo) * min(progress.fraction, 1.0)
@@ -337,6 +377,134 @@ def evaluate_task(request: EvaluateRequest, cancel: CancelFlag) -> Generator[Pro
     )
     band = surface_band(gt_mask, truth.spacing, 2.0)
     return EvaluateOutput(
-        metrics, reliability_curve(probs, gt_mask), reliability_curve(probs[band], gt_mask[band]),
-        int(gt_mask.size), resampled,
+        metrics,
+        reliability_curve(probs, gt_mask),
+        reliability_curve(probs[band], gt_mask[band]),
+        int(gt_mask.size),
+        resampled,
     )
+
+
+# --------------------------------------------------------------------------- annotate next (suggest, refine)
+
+
+@dataclass(eq=False)
+class RoundOutput:
+    """Where a result stands in the annotate-next loop: what to annotate next and how far from done."""
+
+    suggestions: list[SliceSuggestion]
+    expected: ExpectedError | None
+    dice: float | None  # against the ground truth, when one was given
+    labelled_slices: int  # slices of the slice axis holding labels
+    axis: int | None  # the slice axis
+    message: str = ""  # why there are no suggestions
+
+
+@dataclass(frozen=True, eq=False)
+class SuggestRequest:
+    result: Reconstruction
+    ground_truth: Volume | None = None
+    threshold: float = 0.5
+    n: int = 5
+
+
+def single_result(structures: StructureSet) -> tuple[int, Reconstruction]:
+    """The one structure of a result (the annotate-next loop works on one structure at a time)."""
+    if len(structures.results) != 1:
+        names = ", ".join(str(label) for label in structures.labels)
+        raise InputError(
+            f"the result holds {len(structures.results)} structures ({names}): choose one label in 'Label' and "
+            "run again to annotate it slice by slice"
+        )
+    return next(iter(structures.results.items()))
+
+
+def labelled_slices(observation: Volume, axis: int | None) -> int:
+    """How many slices along ``axis`` hold a label (all axes' planes counted when there is no slice axis)."""
+    if axis is None:
+        return 0
+    data = np.asarray(observation.data) > 0
+    other = tuple(a for a in range(3) if a != axis)
+    return int(data.any(axis=other).sum())
+
+
+def ground_truth_dice(result: Reconstruction, truth: Volume | None, threshold: float) -> float | None:
+    """Dice of the thresholded mean against a ground truth (resampled onto its grid); None without one."""
+    if truth is None:
+        return None
+    continuous = _is_continuous(np.asarray(truth.data))
+    gt = binary_mask_from_volume(truth, threshold=0.5) if continuous else binary_mask_from_volume(truth, label="all")
+    probs, _ = resample_onto(result.maps.mean, truth)
+    return float(dice(probs >= threshold, np.asarray(gt.data) > 0))
+
+
+def round_of(result: Reconstruction, truth: Volume | None, threshold: float, n: int = 5) -> RoundOutput:
+    """Suggestions (best first), the expected error near the surface and the Dice of ``result``."""
+    axis = result.reading.axis if result.reading is not None else None
+    message = ""
+    try:
+        suggestions = suggest_slices(result, n)
+    except InputError as error:
+        suggestions, message = [], str(error)
+    return RoundOutput(
+        suggestions,
+        expected_band_error(result),
+        ground_truth_dice(result, truth, threshold),
+        labelled_slices(result.observation, axis),
+        axis,
+        message,
+    )
+
+
+def suggest_task(request: SuggestRequest, cancel: CancelFlag) -> Generator[Progress, None, RoundOutput]:
+    yield Progress("suggest", 0, 1, message="ranking the slices by the error they would remove")
+    check_cancel(cancel)
+    return round_of(request.result, request.ground_truth, request.threshold, request.n)
+
+
+@dataclass(frozen=True, eq=False)
+class RefineRequest:
+    previous: ReconstructOutput  # the result to refine (one structure)
+    volume: Volume  # the observation layer's data now (a copy), with the user's added and corrected slices
+    frame: InputFrame
+    threshold: float  # the surface level (the slider)
+    member: int | None = None
+    ground_truth: Volume | None = None
+    steps: int | None = None  # fine-tuning steps of the round (None: core.refine.REFINE_STEPS)
+    names: dict[int, str] = field(default_factory=dict)
+    preview_interval_s: float = 0.0  # the live preview's interval (0: none)
+
+
+def refine_task(request: RefineRequest, cancel: CancelFlag) -> Generator[Progress, None, ReconstructOutput]:
+    """One round: the observation read again (as the first run read it), warm-started members, new maps."""
+    started = time.perf_counter()
+    yield Progress("prepare", 0, 1, message="reading the annotation")
+    label, result = single_result(request.previous.structures)
+    first = request.previous.request
+    selection = None if first is None else first.selection
+    image_threshold = None if first is None else first.image_threshold
+    masks = observation_masks(request.volume, request.frame.name, selection, image_threshold)
+    mask = masks.get(label, next(iter(masks.values())))
+    config = dataclasses.replace(
+        result.config, threshold=float(request.threshold), preview_interval_s=float(request.preview_interval_s)
+    )
+    check_cancel(cancel)
+    with one_core_for_the_viewer():
+        refined = yield from refine_steps(result, mask, config, steps=request.steps, cancel=cancel)
+    yield Progress("layers", 0, 1, message="building layers")
+    structures = combine_structures({label: refined})
+    member = None if request.member is None else min(int(request.member), structures.members - 1)
+    layer_data = reconstruction_to_layer_data(
+        structures, request.frame, threshold=request.threshold, member=member, names=request.names
+    )
+    output = ReconstructOutput(
+        structures,
+        layer_data,
+        structures.table(request.threshold),
+        request.frame,
+        request.threshold,
+        time.perf_counter() - started,
+        request=first,
+    )
+    output.round = round_of(refined, request.ground_truth, request.threshold)
+    return output

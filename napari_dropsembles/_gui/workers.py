@@ -73,6 +73,7 @@ GUI_FIELDS = {  # config field -> the widget field that sets it
     "grid_size": "'Encoder grid'",
 }
 
+
 def gui_word(field: str, value: str | None) -> str:
     """A setting named in a core message, as the widget field that sets it (``'Label' = 3``)."""
     name = GUI_FIELDS.get(field, f"'{field.replace('_', ' ')}'")

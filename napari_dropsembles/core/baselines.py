@@ -10,7 +10,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import InputError
-from .slice_field import SliceDistanceField
+from .slice_field import SliceDistanceField, SliceReading, fill_unannotated, read_slices
 from .volume import Volume
 
 BASELINES = ("nearest", "linear", "shape_based")
@@ -41,6 +41,7 @@ def interpolate_observation(
     method: str,
     *,
     empty_slices: str = "unobserved",
+    reading: SliceReading | None = None,
 ) -> np.ndarray:
     """Foreground probability (float32, ``target_shape``) of the observation on a target grid.
 
@@ -50,6 +51,10 @@ def interpolate_observation(
       axis, trilinearly interpolated (0/1 observation thresholded at 0.5; an empty layer is
       assumed one voxel beyond the grid, 0 further out), probability ``sigmoid(-sdf / min(spacing))``;
       empty slices between labelled ones are skipped unless ``empty_slices="background"``.
+
+    Slices read as not annotated (``reading``, by default :func:`~.slice_field.read_slices`: gaps of
+    the thick axis or of a detected annotation axis) are filled from the nearest annotated slices
+    along that axis before ``nearest`` and ``linear`` interpolate, so every baseline reads them alike.
     """
     if method not in BASELINES:
         raise InputError(f"unknown baseline {method!r}; choose one of {', '.join(BASELINES)}")
@@ -61,12 +66,14 @@ def interpolate_observation(
         raise InputError(f"target shape must be 3 positive sizes, got {target_shape}")
     index_map = np.linalg.inv(observation.affine) @ target_affine
     obs = np.asarray(observation.data)
+    if reading is None:
+        reading = read_slices(obs > 0.5, observation.spacing, empty_slices)
     shape = np.array(obs.shape)
     out = np.zeros(target_shape, dtype=np.float32)
     tail = target_shape[1:]
 
     if method == "nearest":
-        src = obs.astype(np.float32, copy=False)
+        src = fill_unannotated(observation, reading, nearest=True)
         for rows, idx in _target_chunks(index_map, target_shape):
             near = np.floor(idx + 0.5).astype(np.int64)
             inside = np.all((near >= 0) & (near < shape[:, None]), axis=0)
@@ -74,12 +81,12 @@ def interpolate_observation(
             vals[inside] = src[near[0, inside], near[1, inside], near[2, inside]]
             out[rows] = vals.reshape((-1, *tail))
     elif method == "linear":
-        src = obs.astype(np.float32, copy=False)
+        src = fill_unannotated(observation, reading)
         for rows, idx in _target_chunks(index_map, target_shape):
             vals = ndimage.map_coordinates(src, idx, order=1, mode="constant", cval=0.0)
             out[rows] = vals.reshape((-1, *tail))
     else:
-        field = SliceDistanceField(observation, empty_slices)
+        field = SliceDistanceField(observation, empty_slices, reading=reading)
         scale = float(observation.spacing.min())
         for rows, idx in _target_chunks(index_map, target_shape):
             d = field.at_index(idx)

@@ -102,7 +102,6 @@ class FinetuneConfig:
         )
 
 
-
 def _range_pair(field: str, value: object, lo: float, hi: float) -> tuple[float, float]:
     """Two numbers ``(low, high)`` in ``[lo, hi]`` with ``low <= high``."""
     if not isinstance(value, (tuple, list)) or len(value) != 2:
@@ -129,11 +128,13 @@ class PretrainConfig:
     fisher_samples: int = 16
     seed: int = 0
     procedural_share: float = 0.0  # with dense masks given: share of samples drawn from procedural vertebrae
+    slice_axes: tuple[int, ...] = (2,)  # the shapes' voxel axes a training slicing may be thick along
 
     def __post_init__(self) -> None:
         set_fields(
             self,
             procedural_share=number("procedural_share", self.procedural_share, 0.0, 1.0),
+            slice_axes=_axes("slice_axes", self.slice_axes),
             steps=integer("steps", self.steps, 1, 10_000_000),
             batch_size=integer("batch_size", self.batch_size, 1, 4096),
             points_per_sample=integer("points_per_sample", self.points_per_sample, 2, 1 << 20),
@@ -147,7 +148,26 @@ class PretrainConfig:
             seed=seed("seed", self.seed),
         )
 
+
+def _axes(field: str, value: object) -> tuple[int, ...]:
+    """A non-empty set of distinct voxel axes (0, 1, 2), as a sorted tuple."""
+    if not isinstance(value, (tuple, list)):
+        raise ConfigError(field, "must be voxel axes among 0, 1, 2", value)
+    axes = tuple(integer(field, a, 0, 2) for a in value)
+    if not axes or len(set(axes)) != len(axes):
+        raise ConfigError(field, "must be distinct voxel axes among 0, 1, 2 (at least one)", value)
+    return tuple(sorted(axes))
+
+
 MEMBER_DIVERSITY = ("slices", "none")
+MAX_SLICE_INDEX = 1 << 20
+
+
+def _slice_indices(field: str, value: object) -> tuple[int, ...]:
+    """Sorted distinct slice indices (non-negative integers)."""
+    if not isinstance(value, (tuple, list)):
+        raise ConfigError(field, "must be a list of slice indices", value)
+    return tuple(sorted({integer(field, v, 0, MAX_SLICE_INDEX) for v in value}))
 
 
 @dataclass(frozen=True)
@@ -171,6 +191,10 @@ class ReconstructionConfig:
     # from held-out observed slices (core/slice_uncertainty); "none": all members read the same input
     member_diversity: str = "slices"
     slice_check: bool = True  # hold out observed slices and report whether the prior beat interpolation there
+    # the axis a fine-grid scan was annotated along, every few slices (its empty slices are not annotated);
+    # None: the thick axis of a thick-slice acquisition, else detected (core/slice_field.read_slices)
+    annotation_axis: int | None = None
+    annotated_empty: tuple[int, ...] = ()  # slices of that axis annotated as empty: background, not gaps
 
     def __post_init__(self) -> None:
         from .methods import METHODS  # the method table imports this module
@@ -195,6 +219,10 @@ class ReconstructionConfig:
             empty_slices=one_of("empty_slices", self.empty_slices, EMPTY_SLICES),
             member_diversity=one_of("member_diversity", self.member_diversity, MEMBER_DIVERSITY),
             slice_check=flag("slice_check", self.slice_check),
+            annotation_axis=None
+            if self.annotation_axis is None
+            else integer("annotation_axis", self.annotation_axis, 0, 2),
+            annotated_empty=_slice_indices("annotated_empty", self.annotated_empty),
         )
 
     def to_dict(self) -> dict:

@@ -18,6 +18,7 @@ from .fitted import Fitted
 from .metrics import auroc, evaluate_probabilities, surface_band
 from .predict import EnsembleMaps, predict_grid_steps
 from .progress import CancelFlag, Progress
+from .slice_field import SliceReading
 from .volume import Volume
 
 SCORING_VARIANCE_TOL = 1e-5
@@ -42,14 +43,22 @@ def score_maps(maps: EnsembleMaps, ground_truth: Volume, members: int, threshold
 
 
 def score_baselines(
-    observation: Volume, ground_truth: Volume, threshold: float = 0.5, *, empty_slices: str = "unobserved"
+    observation: Volume,
+    ground_truth: Volume,
+    threshold: float = 0.5,
+    *,
+    empty_slices: str = "unobserved",
+    reading: SliceReading | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Nearest, linear and shape-based interpolation of the observation, scored on the GT grid."""
+    """Nearest, linear and shape-based interpolation of the observation, scored on the GT grid.
+
+    ``reading``: the slices read as not annotated (a reconstruction's ``result.reading``); by default
+    read from the observation as the baselines do."""
     gt = np.asarray(ground_truth.data) > 0
     scores = {}
     for method in BASELINES:
         grid = (ground_truth.affine, ground_truth.shape)
-        probs = interpolate_observation(observation, *grid, method, empty_slices=empty_slices)
+        probs = interpolate_observation(observation, *grid, method, empty_slices=empty_slices, reading=reading)
         scores[method] = evaluate_probabilities(probs, gt, ground_truth.spacing, threshold=threshold)
     return scores
 
@@ -63,6 +72,7 @@ def compare_steps(
     chunk: int | None = None,
     adaptive: bool = True,
     empty_slices: str = "unobserved",
+    reading: SliceReading | None = None,
     cancel: CancelFlag | None = None,
 ) -> Generator[Progress, None, dict]:
     """{"method": metrics, "nearest": ..., "linear": ..., "shape_based": ...} on the GT grid.
@@ -81,5 +91,5 @@ def compare_steps(
         cancel=cancel,
     )
     result = {fitted.method: score_maps(maps, ground_truth, fitted.members, threshold)}
-    result.update(score_baselines(observation, ground_truth, threshold, empty_slices=empty_slices))
+    result.update(score_baselines(observation, ground_truth, threshold, empty_slices=empty_slices, reading=reading))
     return result

@@ -16,7 +16,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .errors import InputError
-from .slice_field import THICK_AXIS_RATIO, SliceDistanceField, check_empty_slices, gap_slices, thick_axis
+from .slice_field import THICK_AXIS_RATIO, SliceDistanceField, SliceReading, check_empty_slices, read_slices, thick_axis
 from .volume import Volume
 
 if TYPE_CHECKING:
@@ -72,9 +72,13 @@ class Frame:
         }
 
 
-def frame_from_observation(observation: Volume, box_padding: float = 0.1) -> Frame:
+def frame_from_observation(observation: Volume, box_padding: float = 0.1, reading: SliceReading | None = None) -> Frame:
     """Frame around the observed foreground: isotropic scale, padded by ``box_padding`` and by one
-    slice spacing on each side of every thick axis (the object continues past the last slice)."""
+    slice spacing on each side of every thick axis (the object continues past the last slice).
+
+    With a sparse annotation axis (``reading.sparse``), that axis is padded by one annotation step and
+    becomes the frame's last axis, like a thick axis (the slice direction priors are trained on).
+    """
     mask = np.asarray(observation.data) > 0
     if not mask.any():
         raise InputError("the mask is empty: nothing to reconstruct")
@@ -83,13 +87,17 @@ def frame_from_observation(observation: Volume, box_padding: float = 0.1) -> Fra
     index = np.argwhere(mask)
     lo = (index.min(0) - 0.5) * spacing
     hi = (index.max(0) + 0.5) * spacing
-    thick = spacing > THICK_AXIS_RATIO * spacing.min()
-    lo = lo - thick * spacing
-    hi = hi + thick * spacing
+    pad = (spacing > THICK_AXIS_RATIO * spacing.min()) * spacing
+    slice_axis = thick_axis(spacing)
+    if reading is not None and reading.sparse and reading.axis is not None:
+        slice_axis = reading.axis
+        pad[slice_axis] = reading.step * spacing[slice_axis]
+    lo = lo - pad
+    hi = hi + pad
     centre_index_mm = (lo + hi) / 2
     centre = rotation @ centre_index_mm + observation.origin
     scale = float((hi - lo).max() * (1.0 + 2 * box_padding))
-    return Frame(centre_mm=centre, scale_mm=scale, rotation=canonical_axes(rotation, thick_axis(spacing)))
+    return Frame(centre_mm=centre, scale_mm=scale, rotation=canonical_axes(rotation, slice_axis))
 
 
 def canonical_axes(rotation: np.ndarray, thick: int | None = None) -> np.ndarray:
@@ -121,7 +129,6 @@ def canonical_order(rotation: np.ndarray, thick: int | None = None) -> tuple[lis
         moved = [w for w in range(3) if order[w] != thick] + [order.index(thick)]
         order, signs = [order[w] for w in moved], signs[moved]
     return order, signs
-
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,22 +166,33 @@ class Case:
     labels: np.ndarray  # [N] float32 0/1
     point_inputs: PointInputs
     unobserved_slices: tuple[int, ...] = ()  # empty slices between labelled ones, read as not annotated
+    reading: SliceReading = SliceReading(None)  # the slice axis and the slices read as not annotated
 
 
 def make_case(
-    observation: Volume, config: ModelConfig, with_points: bool = True, *, empty_slices: str = "unobserved"
+    observation: Volume,
+    config: ModelConfig,
+    with_points: bool = True,
+    *,
+    empty_slices: str = "unobserved",
+    annotation_axis: int | None = None,
+    annotated_empty: tuple[int, ...] = (),
+    frame: Frame | None = None,
 ) -> Case:
     """Frame the observation and splat its voxels into the 2-channel encoder grid.
 
     ``with_points=False`` skips the decoder inputs at observed voxels (pretraining needs none).
-    ``empty_slices="unobserved"``: empty slices of the thick axis between labelled slices are taken
-    as not annotated (no labels there, not counted as observed, distances interpolated across);
-    ``"background"`` takes them at their word.
+    ``empty_slices="unobserved"``: empty slices of the slice axis (the thick axis, or the annotation
+    axis of a sparsely annotated fine grid: ``annotation_axis``, detected when None) between labelled
+    slices are taken as not annotated (no labels there, not counted as observed, distances
+    interpolated across), except ``annotated_empty`` ones; ``"background"`` takes them at their word.
+    ``frame``: reuse a frame (a refinement keeps its case's frame) instead of framing the foreground.
     """
     check_empty_slices(empty_slices)
     grid_size = config.grid_size
-    frame = frame_from_observation(observation, config.box_padding)
     data = np.asarray(observation.data)
+    reading = read_slices(data > 0, observation.spacing, empty_slices, annotation_axis, annotated_empty)
+    frame = frame if frame is not None else frame_from_observation(observation, config.box_padding, reading)
     # Only voxels whose centre can fall in the cube: crop by the cube's index bounds first.
     corners = frame.to_world(np.array([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)]))
     corner_index = observation.world_to_index(corners)
@@ -185,10 +203,9 @@ def make_case(
     points = frame.to_normalised(observation.index_to_world(index))
     labels = (crop.reshape(-1) > 0).astype(np.float32)
     inside = np.all(np.abs(points) < 0.5, axis=1)
-    axis = thick_axis(observation.spacing)
-    gaps = gap_slices(data > 0, axis) if empty_slices == "unobserved" else np.zeros(0, int)
+    gaps = reading.gaps
     if len(gaps):
-        inside &= ~np.isin(index[:, axis], gaps)
+        inside &= ~np.isin(index[:, reading.axis], gaps)
     points, labels = points[inside].astype(np.float32), labels[inside]
     # Points in the frame's (world-aligned) order, not the storage order: the same geometry stored
     # with other axis orders or flips gives the same fine-tuning batches (frame invariance).
@@ -202,7 +219,7 @@ def make_case(
     occupancy = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
     observed = (count > 0).astype(np.float32)
     encoder_input = np.stack([occupancy, observed]).reshape(2, grid_size, grid_size, grid_size)
-    field = SliceDistanceField(observation, empty_slices) if config.point_features else None
+    field = SliceDistanceField(observation, empty_slices, reading=reading) if config.point_features else None
     point_inputs = PointInputs(frame=frame, field=field, sdf_scale=config.sdf_scale)
     inputs = point_inputs(points) if with_points else np.zeros((0, 3 + config.point_features), np.float32)
     return Case(
@@ -212,4 +229,5 @@ def make_case(
         labels=labels,
         point_inputs=point_inputs,
         unobserved_slices=tuple(int(g) for g in gaps),
+        reading=reading,
     )

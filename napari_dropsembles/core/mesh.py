@@ -212,6 +212,7 @@ def _ply_bytes(mesh: Mesh) -> bytes:
         "ply",
         "format binary_little_endian 1.0",
         "comment napari-dropsembles mesh, vertices in world mm",
+        "comment SPACE=RAS",  # the volumes' world frame (NIfTI's RAS), stated as core/formats/mesh_io reads it
         f"element vertex {len(mesh.vertices_mm)}",
         "property float x",
         "property float y",

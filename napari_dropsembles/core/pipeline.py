@@ -20,7 +20,7 @@ from .config import ReconstructionConfig
 from .device import resolve_device
 from .errors import InputError
 from .fitted import Fitted
-from .frame import make_case
+from .frame import Case, Frame, make_case
 from .io import check_binary_mask
 from .mesh import IsoSurface
 from .methods import check_prior, fit_steps
@@ -28,13 +28,21 @@ from .predict import predict_grid_steps
 from .progress import CancelFlag, Progress, drive, relay
 from .result import Reconstruction
 from .slice_check import slice_check_steps
-from .slice_field import thick_axis
 from .slice_uncertainty import MemberPerturbation, SliceUncertainty
 from .volume import Volume
 
 PREVIEW_GRID = 32
 
-__all__ = ["Reconstruction", "ReconstructionConfig", "output_grid", "reconstruct", "reconstruct_steps"]
+__all__ = [
+    "Reconstruction",
+    "ReconstructionConfig",
+    "case_for",
+    "diversify_members",
+    "finish_steps",
+    "output_grid",
+    "reconstruct",
+    "reconstruct_steps",
+]
 
 
 def output_grid(fitted: Fitted, observation: Volume, resolution_mm: float | None) -> tuple[np.ndarray, tuple]:
@@ -58,9 +66,10 @@ def _as_check(progress: Progress) -> None:
 
 def diversify_members(fitted: Fitted, observation: Volume, config: ReconstructionConfig) -> SliceUncertainty | None:
     """Fit the between-slice uncertainty on held-out slices; with ``member_diversity="slices"`` and
-    M >= 2, make the members read distances shifted by it (core/slice_uncertainty). None without a thick axis."""
+    M >= 2, make the members read distances shifted by it (core/slice_uncertainty). None without a slice axis
+    (thick or annotation axis)."""
     field = fitted.point_inputs.field
-    if field is None or thick_axis(observation.spacing) is None:
+    if field is None or field.reading.axis is None:
         return None
     model = SliceUncertainty.fit(observation, field)
     if config.member_diversity == "slices" and fitted.members >= 2:
@@ -69,47 +78,40 @@ def diversify_members(fitted: Fitted, observation: Volume, config: Reconstructio
     return model
 
 
-def reconstruct_steps(
-    observation: Volume,
-    prior: Prior,
-    config: ReconstructionConfig = ReconstructionConfig(),
-    *,
-    target: tuple[np.ndarray, tuple[int, int, int]] | None = None,
-    cancel: CancelFlag | None = None,
-) -> Generator[Progress, None, Reconstruction]:
-    """Fit and predict. ``observation`` is a binary mask Volume; ``target`` an optional (affine, shape)."""
-    check_prior(config, prior)
-    check_binary_mask(observation)
-    check_reconstruction_request(observation, prior, config, target)  # memory, before anything is allocated
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    case = make_case(observation, prior.config, empty_slices=config.empty_slices)
+def case_for(observation: Volume, prior: Prior, config: ReconstructionConfig, frame: Frame | None = None) -> Case:
+    """The case of an observation as ``config`` reads it (empty slices, annotation axis); ``frame`` to reuse one."""
+    case = make_case(
+        observation,
+        prior.config,
+        empty_slices=config.empty_slices,
+        annotation_axis=config.annotation_axis,
+        annotated_empty=config.annotated_empty,
+        frame=frame,
+    )
     if case.labels.sum() == 0:
         raise InputError("no foreground voxel of the mask falls in the reconstruction box")
-    timings["prepare"] = time.perf_counter() - started
+    return case
 
+
+def finish_steps(
+    fitted: Fitted,
+    observation: Volume,
+    case: Case,
+    config: ReconstructionConfig,
+    *,
+    prior: Prior,
+    grid: tuple[np.ndarray, tuple[int, int, int]],
+    timings: dict[str, float],
+    started: float,
+    device: torch.device,
+    slice_model: SliceUncertainty | None = None,
+    check: dict | None = None,
+    cancel: CancelFlag | None = None,
+) -> Generator[Progress, None, Reconstruction]:
+    """Maps on ``grid`` (affine, shape), the mesh, and the :class:`Reconstruction` (shared by
+    :func:`reconstruct_steps` and core/refine); ``timings`` gets ``predict``, ``mesh`` and ``total``."""
     tick = time.perf_counter()
-    last_preview = time.perf_counter()
-
-    def attach_preview(progress: Progress) -> None:
-        nonlocal last_preview
-        if config.preview_interval_s > 0 and time.perf_counter() - last_preview >= config.preview_interval_s:
-            progress.preview = _preview(progress.extra["live"])
-            last_preview = time.perf_counter()
-
-    fitted = yield from relay(fit_steps(case, prior, config, device=device, cancel=cancel), attach_preview)
-    slice_model = diversify_members(fitted, observation, config)
-    timings["finetune"] = time.perf_counter() - tick
-    check = None
-    if config.slice_check:
-        tick = time.perf_counter()
-        check = yield from relay(slice_check_steps(observation, prior, config, device=device, cancel=cancel), _as_check)
-        timings["slice_check"] = time.perf_counter() - tick
-
-    tick = time.perf_counter()
-    affine, shape = target if target is not None else output_grid(fitted, observation, config.resolution_mm)
+    affine, shape = grid
     maps = yield from predict_grid_steps(
         fitted,
         affine,
@@ -140,9 +142,66 @@ def reconstruct_steps(
         unobserved_slices=case.unobserved_slices,
         slice_uncertainty=slice_model,
         slice_check=check,
+        reading=case.reading,
+        prior=prior,
     )
     result._surface = surface  # the threshold slider starts from the prepared grid
     return result
+
+
+def reconstruct_steps(
+    observation: Volume,
+    prior: Prior,
+    config: ReconstructionConfig = ReconstructionConfig(),
+    *,
+    target: tuple[np.ndarray, tuple[int, int, int]] | None = None,
+    cancel: CancelFlag | None = None,
+) -> Generator[Progress, None, Reconstruction]:
+    """Fit and predict. ``observation`` is a binary mask Volume; ``target`` an optional (affine, shape)."""
+    check_prior(config, prior)
+    check_binary_mask(observation)
+    check_reconstruction_request(observation, prior, config, target)  # memory, before anything is allocated
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    case = case_for(observation, prior, config)
+    timings["prepare"] = time.perf_counter() - started
+
+    tick = time.perf_counter()
+    last_preview = time.perf_counter()
+
+    def attach_preview(progress: Progress) -> None:
+        nonlocal last_preview
+        if config.preview_interval_s > 0 and time.perf_counter() - last_preview >= config.preview_interval_s:
+            progress.preview = _preview(progress.extra["live"])
+            last_preview = time.perf_counter()
+
+    fitted = yield from relay(fit_steps(case, prior, config, device=device, cancel=cancel), attach_preview)
+    slice_model = diversify_members(fitted, observation, config)
+    timings["finetune"] = time.perf_counter() - tick
+    check = None
+    if config.slice_check:
+        tick = time.perf_counter()
+        check = yield from relay(slice_check_steps(observation, prior, config, device=device, cancel=cancel), _as_check)
+        timings["slice_check"] = time.perf_counter() - tick
+    grid = target if target is not None else output_grid(fitted, observation, config.resolution_mm)
+    return (
+        yield from finish_steps(
+            fitted,
+            observation,
+            case,
+            config,
+            prior=prior,
+            grid=grid,
+            timings=timings,
+            started=started,
+            device=device,
+            slice_model=slice_model,
+            check=check,
+            cancel=cancel,
+        )
+    )
 
 
 def reconstruct(

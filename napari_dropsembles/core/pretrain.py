@@ -33,7 +33,12 @@ SLICING_ATTEMPTS = 50  # random slicings tried before a shape is declared too sm
 
 def random_training_corruption(rng: np.random.Generator, config: PretrainConfig) -> Corruption:
     corruption = random_corruption(
-        rng, slice_factors=config.slice_factors, erosion_prob=0.25, noise_prob=0.25, missing_prob=0.1
+        rng,
+        slice_factors=config.slice_factors,
+        erosion_prob=0.25,
+        noise_prob=0.25,
+        missing_prob=0.1,
+        slice_axes=config.slice_axes,
     )
     in_plane = float(rng.uniform(*config.in_plane_mm))
     return Corruption(**{**asdict(corruption), "in_plane_mm": in_plane})
@@ -154,6 +159,25 @@ def shape_source(
     return lambda rng: random_vertebra(rng)
 
 
+def _start_from(encoder: VoxelEncoder, decoder: EnsembleDecoder, init: PretrainedModel) -> None:
+    """Copy a trained network's weights into freshly built ones (shapes checked by torch)."""
+    encoder.load_state_dict(init.encoder.state_dict())
+    with torch.no_grad():
+        for name, parameter in decoder.parameter_dict().items():
+            parameter.copy_(init.decoder[name].to(parameter.device))
+
+
+def check_init_prior(model_config: ModelConfig, init: Prior) -> None:
+    """A prior to start from must have the architecture being trained (one line naming the difference)."""
+    mine, theirs = asdict(model_config), asdict(init.config)
+    differ = [f"{k} {theirs[k]} (asked {mine[k]})" for k in mine if k != "dropout" and mine[k] != theirs.get(k)]
+    if differ:
+        raise InputError(
+            f"{init.name} has another architecture: {', '.join(differ)}; start from a prior of the same "
+            "architecture or drop the starting prior"
+        )
+
+
 def pretrain_model_steps(
     model_config: ModelConfig,
     config: PretrainConfig,
@@ -163,9 +187,12 @@ def pretrain_model_steps(
     workers: int = 0,
     cancel: CancelFlag | None = None,
     dist: DistContext = DistContext(),
+    init: PretrainedModel | None = None,
 ) -> Generator[Progress, None, PretrainedModel]:
     """Train one network with dropout; yields Progress; returns it with its Fisher.
 
+    ``init``: start from this trained network's weights (fine-tune a prior on new shapes) instead
+    of a random initialisation; its architecture must be ``model_config``'s.
     Under torchrun (``dist``, core/distributed) each rank makes and trains on its shard of the
     samples with ``batch_size / world_size`` of them a step; DDP averages the gradients.
     """
@@ -187,6 +214,8 @@ def pretrain_model_steps(
     torch.manual_seed(config.seed)
     encoder = VoxelEncoder(model_config).to(device)
     decoder = EnsembleDecoder(model_config, 1, torch.Generator().manual_seed(config.seed)).to(device)
+    if init is not None:
+        _start_from(encoder, decoder, init)
     net = wrap(TrainingNet(encoder, decoder), dist, device)
     optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
     batch_size = local_batch_size(config.batch_size, dist)
@@ -251,10 +280,17 @@ def pretrain_steps(
     workers: int = 0,
     cancel: CancelFlag | None = None,
     dist: DistContext = DistContext(),
+    init: Prior | None = None,
 ) -> Generator[Progress, None, Prior]:
-    """Pretrain ``models`` independent networks (seeds seed, seed+1, ...): a prior for any method."""
+    """Pretrain ``models`` independent networks (seeds seed, seed+1, ...): a prior for any method.
+
+    ``init``: fine-tune from this prior's networks (model ``i`` starts from its model ``i`` modulo
+    its count) instead of random weights.
+    """
     if models < 1:
         raise InputError(f"models must be at least 1, got {models}")
+    if init is not None:
+        check_init_prior(model_config, init)
     started = time.perf_counter()
     trained = []
     for i in range(models):
@@ -266,6 +302,7 @@ def pretrain_steps(
             workers=workers,
             cancel=cancel,
             dist=dist,
+            init=None if init is None else init.models[i % len(init.models)],
         )
 
         def tag(progress: Progress, i: int = i) -> None:
@@ -281,4 +318,6 @@ def pretrain_steps(
         "device": str(device),
         "processes": dist.world_size,
     }
+    if init is not None:
+        training["started_from"] = init.name
     return Prior(config=model_config, models=trained, training=training)

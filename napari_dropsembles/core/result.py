@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from .checkpoint import Prior
 from .chunking import precision_note
 from .config import ReconstructionConfig
 from .errors import InputError
@@ -22,6 +23,7 @@ from .fitted import Fitted
 from .io import atomic_write_bytes, ensure_writable_dir, read_volume, write_volume
 from .mesh import IsoSurface, Mesh, extract_mesh, read_mesh, write_mesh
 from .predict import MAP_NAMES, EnsembleMaps
+from .slice_field import SliceReading
 from .slice_uncertainty import SliceUncertainty
 from .validation import integer, number
 from .volume import Volume
@@ -56,6 +58,9 @@ class Reconstruction:
     unobserved_slices: tuple[int, ...] = ()  # empty slices between labelled ones, read as not annotated
     slice_uncertainty: SliceUncertainty | None = None  # between-slice model fitted on held-out slices
     slice_check: dict | None = None  # held-out slices: the network's and shape-based Dice (core/slice_check)
+    reading: SliceReading | None = None  # the slice axis (thick or annotation axis) and the gaps
+    prior: Prior | None = field(default=None, repr=False)  # the prior it was fitted from (core/refine warm-starts)
+    rounds: int = 0  # refinements since the first reconstruction (core/refine)
 
     _surface: IsoSurface | None = field(default=None, init=False, repr=False)
 
@@ -87,9 +92,11 @@ class Reconstruction:
         notes = []
         if self.unobserved_slices:
             slices = ", ".join(str(s) for s in self.unobserved_slices)
+            sparse = self.reading is not None and self.reading.sparse
+            axis = f"axis {self.reading.axis}, the annotation axis" if sparse else "the thick axis"
             notes.append(
-                f"{len(self.unobserved_slices)} empty slice(s) between labelled ones (index {slices} of the "
-                "thick axis) were read as not annotated; if they are truly empty, rerun with "
+                f"{len(self.unobserved_slices)} empty slice(s) between labelled ones (index {slices} of "
+                f"{axis}) were read as not annotated; if they are truly empty, rerun with "
                 + setting("empty_slices", "background")
             )
         if self.slice_check and not self.slice_check["held_out_slices"]:
@@ -113,6 +120,9 @@ class Reconstruction:
             "grid": {"shape": list(self.maps.mean.shape), "affine": self.maps.mean.affine.tolist()},
             "network_queries": self.maps.queries,
             "unobserved_slices": list(self.unobserved_slices),
+            "slice_axis": None if self.reading is None else self.reading.axis,
+            "annotation_axis": None if self.reading is None or not self.reading.sparse else self.reading.axis,
+            "refine_rounds": self.rounds,
             "slice_uncertainty": None if self.slice_uncertainty is None else self.slice_uncertainty.to_dict(),
             "held_out_check": self.slice_check,
             "notes": self.notes(),
@@ -147,8 +157,14 @@ class Reconstruction:
                 paths[name] = write_volume(folder / f"{name}.nii.gz", volume)
             if not self.mesh.is_empty:
                 paths["mesh"] = write_mesh(folder / MESH, self.mesh)
+        from .refine import MEMBERS, save_members  # the warm-start state of `reconstruct --resume`
+
+        paths["members"] = save_members(self, folder / MEMBERS)
         report = folder / REPORT
-        content = self.report() if formats is None else {**self.report(), "outputs": formats.describe()}
+        from .formats.outputs import OutputFormats
+
+        described = (formats if formats is not None else OutputFormats()).describe()
+        content = {**self.report(), "outputs": described}
         atomic_write_bytes(report, json.dumps(content, indent=2, default=_json_default).encode())
         paths["report"] = report
         return paths

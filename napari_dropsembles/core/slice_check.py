@@ -19,7 +19,7 @@ from .config import ReconstructionConfig
 from .frame import make_case
 from .methods import fit_steps
 from .progress import CancelFlag, Progress
-from .slice_field import SliceDistanceField, gap_slices, thick_axis
+from .slice_field import SliceDistanceField, read_slices
 from .volume import Volume
 
 MIN_SLICES = 4  # labelled slices needed before any can be spared
@@ -27,23 +27,35 @@ MARGIN_DICE = 0.03  # a smaller Dice difference on a few slices is a tie (docs/R
 
 
 def held_out_slices(observation: Volume, share: float) -> tuple[int, np.ndarray]:
-    """(thick axis, interior labelled slices to hold out): about ``share`` of them, never two adjacent."""
-    axis = thick_axis(observation.spacing)
+    """(slice axis, interior labelled slices to hold out): about ``share`` of them, never two neighbours.
+
+    The slice axis is the thick axis, or the annotation axis of a sparse annotation on a fine grid
+    (core/slice_field.read_slices); -1 when the observation has neither. On a thick acquisition a
+    slice next to a gap is not held out; on a sparse annotation every interior annotated slice can be.
+    """
+    mask = np.asarray(observation.data) > 0
+    reading = read_slices(mask, observation.spacing)
+    axis = reading.axis
     if axis is None:
         return -1, np.zeros(0, dtype=int)
-    mask = np.asarray(observation.data) > 0
     filled = mask.any(axis=tuple(a for a in range(3) if a != axis))
-    gaps = set(gap_slices(mask, axis).tolist())
+    gaps = set(reading.gaps.tolist())
     labelled = np.flatnonzero(filled)
     if len(labelled) < MIN_SLICES:
         return axis, np.zeros(0, dtype=int)
-    interior = [int(s) for s in labelled[1:-1] if s - 1 not in gaps and s + 1 not in gaps]
+    ranks = {int(s): r for r, s in enumerate(labelled)}
+    if reading.sparse:
+        interior = [int(s) for s in labelled[1:-1]]
+        position = ranks  # neighbours are the next annotated slices
+    else:
+        interior = [int(s) for s in labelled[1:-1] if s - 1 not in gaps and s + 1 not in gaps]
+        position = {s: s for s in interior}
     count = min(max(2, int(round(share * len(interior)))), (len(interior) + 1) // 2)
-    # Evenly spread over the interior (quantiles), never two adjacent: each keeps both neighbours.
+    # Evenly spread over the interior (quantiles), never two neighbours: each keeps both of its own.
     chosen: list[int] = []
     for q in (np.arange(count) + 1) / (count + 1):
         target = q * (len(interior) - 1)
-        free = [i for i in range(len(interior)) if all(abs(interior[i] - c) > 1 for c in chosen)]
+        free = [i for i in range(len(interior)) if all(abs(position[interior[i]] - position[c]) > 1 for c in chosen)]
         if free:
             chosen.append(interior[min(free, key=lambda i: abs(i - target))])
     return axis, np.array(sorted(chosen), dtype=int)

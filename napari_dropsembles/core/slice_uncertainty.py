@@ -1,7 +1,8 @@
 """How wrong slice interpolation is between observed slices, learned from the observation itself.
 
-The observed slices are labels. Each interior observed slice is held out and predicted from its
-two neighbours by shape-based interpolation (signed distances averaged); the errors fit a model of
+The observed slices are labels. Each interior observed slice is held out and predicted from the
+nearest observed slices on either side by shape-based interpolation (one slice away on a thick
+acquisition, one annotation step on a sparse annotation); the errors fit a model of
 the surface's positional uncertainty between slices (a probit model, ``p = Phi(-sdf / sigma)``)::
 
     sigma(x)^2 = floor^2 + (t (1 - t))^2 * ((change_gain * |s1 - s0|)^2 + (gap_gain * gap)^2)
@@ -35,25 +36,28 @@ BOUNDS = [(-3.0, 2.0)] * 3
 NEAR_SURFACE_SLICES = 2.0  # held-out voxels used: within this many slice gaps of the predicted surface
 
 
-def _held_out_slices(observation: Volume, field: SliceDistanceField) -> tuple[np.ndarray, float]:
-    """Rows (predicted sdf, s0, s1, label) for every interior slice predicted from its neighbours."""
+def _held_out_slices(observation: Volume, field: SliceDistanceField) -> np.ndarray:
+    """Rows (predicted sdf, s0, s1, label, t (1 - t), gap mm) for every observed slice predicted from
+    the nearest observed slices on either side (slices read as not annotated are skipped): one slice
+    away on a thick acquisition, one annotation step away on a sparse annotation."""
     axis = field.axis
     mask = np.moveaxis(np.asarray(observation.data) > 0.5, axis, 0)
     sdf = np.moveaxis(_slice_sdf(np.moveaxis(mask, 0, axis), axis, observation.spacing), axis, 0)
-    gap = float(observation.spacing[axis])
-    skip = set(int(g) for g in field.gaps)
+    spacing = float(observation.spacing[axis])
+    known = np.setdiff1d(np.arange(mask.shape[0]), field.gaps)
     rows = []
-    for i in range(1, mask.shape[0] - 1):
-        if i in skip or i - 1 in skip or i + 1 in skip:
+    for lo, i, hi in zip(known[:-2], known[1:-1], known[2:]):
+        if not (mask[lo].any() or mask[i].any() or mask[hi].any()):
             continue
-        if not (mask[i - 1].any() or mask[i].any() or mask[i + 1].any()):
-            continue
-        s0, s1 = sdf[i - 1], sdf[i + 1]
-        predicted = (s0 + s1) / 2
-        near = np.abs(predicted) < NEAR_SURFACE_SLICES * 2 * gap
-        rows.append(np.stack([predicted[near], s0[near], s1[near], mask[i][near].astype(np.float64)], 1))
-    data = np.concatenate(rows) if rows else np.zeros((0, 4))
-    return data, 2 * gap
+        t = (i - lo) / (hi - lo)
+        s0, s1 = sdf[lo], sdf[hi]
+        predicted = (1 - t) * s0 + t * s1
+        gap = (hi - lo) * spacing
+        near = np.abs(predicted) < NEAR_SURFACE_SLICES * gap
+        n = int(near.sum())
+        spans = np.full((n, 2), (t * (1 - t), gap))
+        rows.append(np.column_stack([predicted[near], s0[near], s1[near], mask[i][near].astype(np.float64), spans]))
+    return np.concatenate(rows) if rows else np.zeros((0, 6))
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ class SliceUncertainty:
     field: SliceDistanceField | None = field(default=None, repr=False, compare=False)
 
     @staticmethod
-    def _sigma(params: np.ndarray, tt: np.ndarray, change: np.ndarray, gap: float, unit: float) -> np.ndarray:
+    def _sigma(params: np.ndarray, tt: np.ndarray, change: np.ndarray, gap: np.ndarray, unit: float) -> np.ndarray:
         floor, a, b = np.exp(params)
         return np.sqrt((floor * unit) ** 2 + tt**2 * ((a * change) ** 2 + (b * gap) ** 2))
 
@@ -78,15 +82,15 @@ class SliceUncertainty:
         """Fit on the observation's held-out slices (needs a thick axis; isotropic data gets the prior)."""
         field = field if field is not None else SliceDistanceField(observation)
         unit = float(np.delete(observation.spacing, field.axis).min())
-        data, gap2 = _held_out_slices(observation, field)
+        data = _held_out_slices(observation, field)
         params = NEUTRAL.copy()
         dice = nll = None
         if len(data) >= 20 and 0 < data[:, 3].sum() < len(data):
-            predicted, s0, s1, label = data.T
+            predicted, s0, s1, label, tt, gap = data.T
             change = np.abs(s1 - s0)
 
             def loss(p: np.ndarray) -> float:
-                z = -predicted / cls._sigma(p, np.full_like(predicted, 0.25), change, gap2, unit)
+                z = -predicted / cls._sigma(p, tt, change, gap, unit)
                 nll = -(label * log_ndtr(z) + (1 - label) * log_ndtr(-z)).mean()
                 return float(nll + PRIOR_WEIGHT * np.sum((p - NEUTRAL) ** 2))
 

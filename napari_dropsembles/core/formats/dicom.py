@@ -88,9 +88,18 @@ def _series_files(path: Path) -> tuple[list[Path], bool]:
         uid = getattr(header, "SeriesInstanceUID", None)
         files = [p for p, h in _headers(dicom_files(path.parent)) if getattr(h, "SeriesInstanceUID", None) == uid]
         return files or [path], False
-    files = dicom_files(path)
+    images, segs = folder_contents(path)
+    if images:
+        return images, False
+    return segs[:1], True
+
+
+def folder_contents(folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """(the files of the largest image series, the DICOM-SEG files) of a folder and its sub-folders."""
+    folder = Path(folder)
+    files = dicom_files(folder)
     if not files:
-        raise InputError(f"{path}: no DICOM file in this folder")
+        raise InputError(f"{folder}: no DICOM file in this folder")
     series: dict[str, list[Path]] = defaultdict(list)
     segs: list[Path] = []
     for file, header in _headers(files):
@@ -98,9 +107,25 @@ def _series_files(path: Path) -> tuple[list[Path], bool]:
             segs.append(file)
         else:
             series[str(getattr(header, "SeriesInstanceUID", ""))].append(file)
-    if series:
-        return max(series.values(), key=len), False
-    return segs[:1], True
+    return (max(series.values(), key=len) if series else []), segs
+
+
+def read_dicom_folder(folder: str | os.PathLike) -> list[tuple[Path, SegmentedVolume]]:
+    """Everything a DICOM folder holds that opens as a volume: its largest image series (keyed by the
+    folder), then each DICOM-SEG (keyed by its file), each with its segments' names and colours."""
+    import pydicom
+
+    folder = Path(folder)
+    images, segs = folder_contents(folder)
+    out: list[tuple[Path, SegmentedVolume]] = []
+    if images:
+        try:
+            datasets = [pydicom.dcmread(str(f)) for f in images]
+        except Exception as exc:
+            raise InputError(f"{folder}: not a readable DICOM series ({_one_line(exc)})") from None
+        out.append((folder, SegmentedVolume(_from_hd(_hd_source_volume(datasets, folder)), ())))
+    out.extend((seg, read_dicom_seg(seg)) for seg in segs)
+    return out
 
 
 def read_series_datasets(path: str | os.PathLike) -> list:

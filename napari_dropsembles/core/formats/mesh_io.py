@@ -3,11 +3,13 @@
 
 3D Slicer (4.11 and later) reads and writes model files in LPS and marks them ``SPACE=LPS``;
 so do these writers, wherever the format has a place for it (VTK legacy header, VTP field data
-``SPACE``, STL header, PLY and OBJ comments). Meshes inside the package are in RAS (see
-:mod:`..formats`): x and y change sign on the way out and back in. The per-vertex values (the
-ensemble variance) are kept as point data ``variance`` in ``.vtp``/``.vtk``, as vertex
-properties ``variance`` and ``quality`` in ``.ply`` and as the vertex attribute ``_variance`` in
-``.glb``; ``.obj`` and ``.stl`` hold the geometry only.
+``SPACE``, STL header, PLY and OBJ comments, the glTF mesh's ``extras``), and ``SPACE=RAS`` the
+same way for a mesh written in RAS. Reading, the stated space is honoured (a file stating none is
+taken as LPS, as Slicer does). Meshes inside the package are in RAS (see :mod:`..formats`): x and y
+change sign on the way out and back in. The per-vertex values (the ensemble variance) are kept as
+point data ``variance`` in ``.vtp``/``.vtk``, as vertex properties ``variance`` and ``quality`` in
+``.ply`` and as the vertex attribute ``_variance`` in ``.glb``; ``.obj`` and ``.stl`` hold the
+geometry only.
 """
 
 from __future__ import annotations
@@ -145,6 +147,9 @@ def write_mesh_file(path: str | os.PathLike, mesh: Mesh, *, space: str = "LPS") 
                 if suffix == ".ply":
                     attributes["quality"] = values.astype(np.float32)  # MeshLab's per-vertex scalar
             tm = trimesh.Trimesh(vertices=points, faces=mesh.faces, vertex_attributes=attributes, process=False)
+            if suffix == ".glb":  # the glTF mesh's extras: {"SPACE": ..., "units": "mm"}
+                tm.metadata["SPACE"] = space
+                tm.units = "mm"
             if suffix == ".obj":
                 data = tm.export(
                     file_type="obj", header=f"napari-dropsembles mesh SPACE={space}", include_normals=False
@@ -209,8 +214,8 @@ def _read_vtk(path: Path, suffix: str) -> tuple[np.ndarray, np.ndarray, np.ndarr
 def read_mesh_file(path: str | os.PathLike, *, space: str | None = None) -> Mesh:
     """Read a mesh file into RAS mm with its per-vertex values when the file holds them.
 
-    ``space`` is the file's coordinate system; None: what a ``.vtk`` header states, else LPS
-    (what Slicer assumes for files that say nothing).
+    ``space`` is the file's coordinate system; None: what the file states (:func:`stated_space`),
+    else LPS (what Slicer assumes for files that say nothing).
     """
     import trimesh
 
@@ -226,6 +231,11 @@ def read_mesh_file(path: str | os.PathLike, *, space: str | None = None) -> Mesh
             tm = trimesh.load(str(path), file_type=suffix[1:], process=suffix == ".stl", force="mesh")
             points, faces = np.asarray(tm.vertices, dtype=np.float64), np.asarray(tm.faces)
             values = _trimesh_values(tm, suffix)
+            if suffix == ".glb":
+                stated = str((tm.metadata or {}).get("SPACE", "")).upper()
+                stated = stated if stated in SPACES else None
+            else:
+                stated = stated_space(path)
     except InputError:
         raise
     except Exception as exc:
@@ -235,6 +245,44 @@ def read_mesh_file(path: str | os.PathLike, *, space: str | None = None) -> Mesh
         raise InputError(f"{path}: the file holds no triangles")
     chosen = _check_space(space or stated or "LPS")
     return Mesh(_to_space(points, chosen), faces, values)  # the flip is its own inverse
+
+
+def _space_in(text: str) -> str | None:
+    text = text.upper()
+    return "RAS" if "SPACE=RAS" in text else "LPS" if "SPACE=LPS" in text else None
+
+
+def stated_space(path: str | os.PathLike) -> str | None:
+    """The coordinate system a mesh file states ('LPS' / 'RAS'), None when it states none.
+
+    Where each writer puts it: the ``.vtk`` header line, the ``.vtp`` field data ``SPACE``, the
+    PLY header's comments, OBJ comment lines before the first vertex, the 80-byte STL header, the
+    glTF mesh's ``extras``.
+    """
+    path = Path(path)
+    suffix = mesh_suffix(path)
+    if suffix in (".vtp", ".vtk"):
+        return _read_vtk(path, suffix)[3]
+    if suffix == ".glb":
+        import trimesh
+
+        tm = trimesh.load(str(path), file_type="glb", force="mesh", process=False)
+        space = str((tm.metadata or {}).get("SPACE", "")).upper()
+        return space if space in SPACES else None
+    with open(path, "rb") as fh:
+        head = fh.read(80 if suffix == ".stl" else 4096).decode("latin-1")
+    if suffix == ".ply":
+        head = head.split("end_header", 1)[0]
+        return _space_in("\n".join(line for line in head.splitlines() if line.startswith("comment")))
+    if suffix == ".obj":
+        comments = []
+        for line in head.splitlines():
+            if line.startswith("#"):
+                comments.append(line)
+            elif line.strip():
+                break
+        return _space_in("\n".join(comments))
+    return _space_in(head)  # .stl
 
 
 def _trimesh_values(tm, suffix: str) -> np.ndarray | None:

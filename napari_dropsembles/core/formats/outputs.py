@@ -5,6 +5,12 @@ input: an NRRD or MetaImage input gets NRRD/MetaImage maps, a Slicer segmentatio
 ``.vtk`` mesh; a DICOM series also gets a DICOM-SEG (and its probability map as a fractional
 DICOM-SEG) on the series' own grid; OME-Zarr gets OME-Zarr maps; anything else keeps the
 historical NIfTI maps and ``mesh.ply`` in the package's RAS world.
+
+Every mesh is in the input's physical space and says which: NIfTI / TIFF / NumPy / OME-Zarr
+worlds are RAS (NIfTI's convention), so their default ``mesh.ply`` stays RAS; DICOM, NRRD and
+MetaImage are LPS (DICOM's convention, Slicer's model files), so their meshes are LPS. The choice
+is in ``report.json`` (``outputs.mesh_space``) and in the file itself (``SPACE=RAS`` or
+``SPACE=LPS``: PLY/OBJ comment, STL and VTK header, VTP field data, glTF extras).
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ FORMAT_CHOICES = tuple(s.lstrip(".") for s in (*MAP_SUFFIXES, *SEGMENTATION_OUTP
 
 @dataclass(frozen=True)
 class OutputFormats:
-    """The files of a reconstruction folder; ``legacy_mesh``: mesh.ply in RAS (the historical output)."""
+    """The files of a reconstruction folder; ``legacy_mesh``: the mesh in RAS (the historical mesh.ply), else
+    in ``mesh_space``."""
 
     maps: str = ".nii.gz"
     mesh: str = ".ply"
@@ -122,7 +129,6 @@ def write_outputs(
 ) -> dict[str, Path]:
     """Write every map, the thresholded mean as segmentation(s) and the mesh; return name -> path."""
     from ..io import write_volume
-    from ..mesh import write_mesh
     from .mesh_io import write_mesh_file
 
     folder = Path(folder)
@@ -151,9 +157,6 @@ def write_outputs(
                 (Segment(1, f"{formats.segment.name} probability", formats.segment.color),),
                 fractional=True,
             )
-    if not mesh.is_empty:
-        if formats.legacy_mesh:
-            paths["mesh"] = write_mesh(folder / f"mesh{formats.mesh}", mesh)
-        else:
-            paths["mesh"] = write_mesh_file(folder / f"mesh{formats.mesh}", mesh, space=formats.mesh_space)
+    if not mesh.is_empty:  # the file states its space (SPACE=RAS / SPACE=LPS), as report.json does
+        paths["mesh"] = write_mesh_file(folder / f"mesh{formats.mesh}", mesh, space=formats.describe()["mesh_space"])
     return paths

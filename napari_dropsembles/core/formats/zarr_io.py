@@ -1,8 +1,15 @@
 """OME-Zarr (NGFF 0.4 / 0.5 ``multiscales``) and plain zarr arrays, through zarr.
 
-The finest scale level is read with its ``scale`` and ``translation`` (dataset and multiscale
-transforms composed) and its axis units turned into mm. Arrays are stored (z, y, x) as NGFF
-recommends and held here as (x, y, z), like NIfTI. OME-Zarr has no rotation: an oblique volume
+The finest scale level (``level=0``, the first dataset) is read with its ``scale`` and
+``translation`` (dataset and multiscale transforms composed) and its axis units turned into mm.
+Arrays are stored (z, y, x) as NGFF recommends and held here as (x, y, z), like NIfTI.
+
+Written stores are a pyramid (NGFF 0.4, zarr format 2): level 0 at full resolution, then each
+level halves the in-plane axes (y, x; the slice axis z is kept, as ome-zarr-py's default scaler
+does) until the smaller in-plane size would drop under :data:`MIN_LEVEL_SIZE` or
+:data:`MAX_LEVELS` levels are written. Each level has its own ``scale`` and ``translation``:
+intensity maps are 2 x 2 block means (the voxel centre moves half a fine voxel), label maps keep
+every second voxel (nearest, the centre stays). OME-Zarr has no rotation: an oblique volume
 cannot be written (use NRRD or NIfTI for it).
 """
 
@@ -27,6 +34,8 @@ _UNIT_TO_MM = {
     "meter": 1000.0,
 }
 _WORLD = ("x", "y", "z")
+MAX_LEVELS = 4
+MIN_LEVEL_SIZE = 8  # no level whose smaller in-plane size is below this
 
 
 def _one_line(exc: BaseException) -> str:
@@ -50,8 +59,8 @@ def _transforms(entries) -> tuple[np.ndarray | None, np.ndarray | None]:
     return scale, translation
 
 
-def read_zarr(path: str | os.PathLike) -> Volume:
-    """Read the finest level of an OME-Zarr image (or a plain zarr array) as a Volume in mm."""
+def read_zarr(path: str | os.PathLike, level: int = 0) -> Volume:
+    """Read one level of an OME-Zarr image (default the finest, 0) or a plain zarr array as a Volume in mm."""
     import zarr
 
     path = Path(path)
@@ -66,7 +75,10 @@ def read_zarr(path: str | os.PathLike) -> Volume:
     if multiscales:
         meta = multiscales[0]
         axes = meta.get("axes", [])
-        first = meta["datasets"][0]
+        datasets = meta.get("datasets") or []
+        if not 0 <= level < len(datasets):
+            raise InputError(f"{path}: no scale level {level} (the store has {len(datasets)})")
+        first = datasets[level]
         scale, translation = _transforms(first.get("coordinateTransformations"))
         outer_scale, outer_translation = _transforms(meta.get("coordinateTransformations"))
         n = len(axes) or (len(scale) if scale is not None else 0)
@@ -77,6 +89,8 @@ def read_zarr(path: str | os.PathLike) -> Volume:
         if outer_translation is not None:
             translation = translation + outer_translation
         array = node[first["path"]]
+    elif level:
+        raise InputError(f"{path}: a plain zarr array has no scale level {level}")
     elif hasattr(node, "shape"):
         array = node
     else:
@@ -115,8 +129,46 @@ def read_zarr(path: str | os.PathLike) -> Volume:
     return Volume(np.ascontiguousarray(data), affine)
 
 
-def write_zarr(path: str | os.PathLike, volume: Volume, *, name: str | None = None) -> Path:
-    """Write ``volume`` as a one-level OME-Zarr (NGFF 0.4, zarr format 2), axes z, y, x in millimetre."""
+def _halve_in_plane(stored: np.ndarray, labels: bool) -> np.ndarray:
+    """One pyramid step of a (z, y, x) array: y and x halved (2 x 2 block mean, or every second voxel)."""
+    if labels:
+        return np.ascontiguousarray(stored[:, ::2, ::2])
+    z, y, x = stored.shape
+    padded = np.pad(stored.astype(np.float64), ((0, 0), (0, y % 2), (0, x % 2)), mode="edge")
+    blocks = padded.reshape(z, (y + 1) // 2, 2, (x + 1) // 2, 2).mean(axis=(2, 4))
+    return blocks.astype(stored.dtype if stored.dtype.kind == "f" else np.float32)
+
+
+def pyramid(
+    stored: np.ndarray, scale: np.ndarray, translation: np.ndarray, levels: int | None = None
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(array, scale, translation) of every level of a (z, y, x) array, finest first.
+
+    ``levels``: how many (None: halve while the smaller in-plane size stays >= MIN_LEVEL_SIZE, at
+    most MAX_LEVELS). A block mean's voxel centre is the middle of the 2 x 2 fine voxels it averages
+    (translation + half a fine voxel); a nearest level keeps voxel 2i, whose centre is unchanged.
+    """
+    if levels is not None and levels < 1:
+        raise InputError(f"an OME-Zarr pyramid needs at least one level, got {levels}")
+    labels = stored.dtype.kind in "biu"
+    out = [(stored, np.asarray(scale, float), np.asarray(translation, float))]
+    while levels is None or len(out) < levels:
+        array, s, t = out[-1]
+        if levels is None and (len(out) >= MAX_LEVELS or min(array.shape[1:]) // 2 < MIN_LEVEL_SIZE):
+            break
+        if min(array.shape[1:]) < 2:
+            raise InputError(f"cannot make {levels} levels of a {stored.shape} array: the in-plane size reaches 1")
+        factor = np.array([1.0, 2.0, 2.0])
+        shift = np.zeros(3) if labels else (factor - 1.0) / 2.0 * s
+        out.append((_halve_in_plane(array, labels), s * factor, t + shift))
+    return out
+
+
+def write_zarr(path: str | os.PathLike, volume: Volume, *, name: str | None = None, levels: int | None = None) -> Path:
+    """Write ``volume`` as a multiscale OME-Zarr (NGFF 0.4, zarr format 2), axes z, y, x in millimetre.
+
+    ``levels``: the number of pyramid levels (None: as many as :func:`pyramid` chooses; 1: one level).
+    """
     import zarr
 
     from ..io import ensure_writable_dir
@@ -136,31 +188,42 @@ def write_zarr(path: str | os.PathLike, volume: Volume, *, name: str | None = No
             origin[axis] += spacing[axis] * (data.shape[axis] - 1)
             spacing[axis] = -spacing[axis]
     stored = np.ascontiguousarray(np.transpose(data, (2, 1, 0)))
+    levels_data = pyramid(stored, spacing[::-1], origin[::-1], levels)
     folder = ensure_writable_dir(path.parent if str(path.parent) else Path("."))
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=folder))
     try:
         target = staging / path.name
         kwargs = {"zarr_format": 2} if int(zarr.__version__.split(".")[0]) >= 3 else {}
         group = zarr.open_group(str(target), mode="w", **kwargs)
-        chunks = tuple(min(s, 64) for s in stored.shape)
-        if hasattr(group, "create_array"):
-            group.create_array("0", data=stored, chunks=chunks)
-        else:  # zarr 2
-            group.create_dataset("0", data=stored, chunks=chunks)
+        datasets = []
+        for index, (array, scale, translation) in enumerate(levels_data):
+            chunks = tuple(min(s, 64) for s in array.shape)
+            if hasattr(group, "create_array"):
+                group.create_array(str(index), data=array, chunks=chunks)
+            else:  # zarr 2
+                group.create_dataset(str(index), data=array, chunks=chunks)
+            datasets.append(
+                {
+                    "path": str(index),
+                    "coordinateTransformations": [
+                        {"type": "scale", "scale": [float(v) for v in scale]},
+                        {"type": "translation", "translation": [float(v) for v in translation]},
+                    ],
+                }
+            )
+        labels = stored.dtype.kind in "biu"
         group.attrs["multiscales"] = [
             {
                 "version": "0.4",
                 "name": name or path.name.split(".")[0],
                 "axes": [{"name": n, "type": "space", "unit": "millimeter"} for n in ("z", "y", "x")],
-                "datasets": [
-                    {
-                        "path": "0",
-                        "coordinateTransformations": [
-                            {"type": "scale", "scale": [float(s) for s in spacing[::-1]]},
-                            {"type": "translation", "translation": [float(t) for t in origin[::-1]]},
-                        ],
-                    }
-                ],
+                "datasets": datasets,
+                "type": "nearest" if labels else "local_mean",
+                "metadata": {
+                    "description": "y and x halved per level (z kept): "
+                    + ("every second voxel" if labels else "2 x 2 block mean, edges padded by repetition"),
+                    "writer": "napari-dropsembles",
+                },
             }
         ]
         old = None
