@@ -46,7 +46,7 @@ def _held_out_slices(observation: Volume, field: SliceDistanceField) -> np.ndarr
     spacing = float(observation.spacing[axis])
     known = np.setdiff1d(np.arange(mask.shape[0]), field.gaps)
     rows = []
-    for lo, i, hi in zip(known[:-2], known[1:-1], known[2:]):
+    for lo, i, hi in zip(known[:-2], known[1:-1], known[2:], strict=True):
         if not (mask[lo].any() or mask[i].any() or mask[hi].any()):
             continue
         t = (i - lo) / (hi - lo)
