@@ -26,7 +26,9 @@ MIN_SLICES = 4  # labelled slices needed before any can be spared
 MARGIN_DICE = 0.03  # a smaller Dice difference on a few slices is a tie (docs/REAL.md measures how noisy it is)
 
 
-def held_out_slices(observation: Volume, share: float) -> tuple[int, np.ndarray]:
+def held_out_slices(
+    observation: Volume, share: float, annotation_axis: int | None = None, annotated_empty: tuple[int, ...] = ()
+) -> tuple[int, np.ndarray]:
     """(slice axis, interior labelled slices to hold out): about ``share`` of them, never two neighbours.
 
     The slice axis is the thick axis, or the annotation axis of a sparse annotation on a fine grid
@@ -34,7 +36,9 @@ def held_out_slices(observation: Volume, share: float) -> tuple[int, np.ndarray]
     slice next to a gap is not held out; on a sparse annotation every interior annotated slice can be.
     """
     mask = np.asarray(observation.data) > 0
-    reading = read_slices(mask, observation.spacing)
+    reading = read_slices(
+        mask, observation.spacing, annotation_axis=annotation_axis, annotated_empty=annotated_empty
+    )
     axis = reading.axis
     if axis is None:
         return -1, np.zeros(0, dtype=int)
@@ -77,7 +81,7 @@ def slice_check_steps(
 ) -> Generator[Progress, None, dict | None]:
     """{"held_out_slices", "axis", "voxels", "ours_dice", "shape_based_dice", "verdict"}; only "held_out_slices"
     (empty), "axis" and "verdict" when too few slices are labelled; None without a thick axis."""
-    axis, chosen = held_out_slices(observation, share)
+    axis, chosen = held_out_slices(observation, share, config.annotation_axis, config.annotated_empty)
     if axis < 0:
         return None
     if len(chosen) == 0:
@@ -93,7 +97,8 @@ def slice_check_steps(
     blanked[tuple(index)] = 0
     spared = observation.with_data(blanked)
     single = dataclasses.replace(config, method="single", members=1, empty_slices="unobserved")
-    case = make_case(spared, prior.config, empty_slices="unobserved")
+    reading = dict(annotation_axis=config.annotation_axis, annotated_empty=config.annotated_empty)
+    case = make_case(spared, prior.config, empty_slices="unobserved", **reading)
     fitted = yield from fit_steps(case, prior, single, device=device, cancel=cancel)
     voxels = np.argwhere(np.ones(observation.shape, dtype=bool)[tuple(index)])
     voxels[:, axis] = chosen[voxels[:, axis]]
@@ -101,7 +106,8 @@ def slice_check_steps(
     truth = data[tuple(voxels.T)] > 0
     ours = fitted.predict(points)[0] >= 0.5
     inside = (np.abs(fitted.frame.to_normalised(points)) < 0.5).all(1)
-    interpolated = SliceDistanceField(spared, "unobserved")(points) < 0
+    spared_reading = read_slices(spared.data, spared.spacing, **reading)
+    interpolated = SliceDistanceField(spared, "unobserved", reading=spared_reading)(points) < 0
     near = inside & (ours | truth | interpolated)  # scored where anything is foreground, inside the box
     ours_dice, shape_dice = _dice(ours[near], truth[near]), _dice(interpolated[near], truth[near])
     if ours_dice > shape_dice + MARGIN_DICE:
