@@ -607,25 +607,22 @@ class ReconstructWidget(RunnerBacked, QWidget):
         except DropsemblesError as error:
             self._failed(Outcome(RunState.FAILED, error=error))
             return None
-        self._frame = request.frame
-        if request.config.preview_interval_s > 0:
-            self._prepare_preview(request)
-        return self.runner.start(
-            partial(reconstruct_task, request),
-            message=f"reconstructing '{request.frame.name}'",
-            activity_name=request.frame.name,
-            on_progress=self._on_progress,
-            on_finished=self._on_finished,
+        return self._start(
+            partial(reconstruct_task, request), request, "reconstructing", request.config.preview_interval_s
         )
 
     def start_refine(self, request: RefineRequest) -> Task:
         """Refine the selected input's result in the background (the Annotate next panel's Refine)."""
+        return self._start(partial(refine_task, request), request, "refining", request.preview_interval_s)
+
+    def _start(self, work, request: ReconstructRequest | RefineRequest, verb: str, preview_interval_s: float) -> Task:
+        """Run ``work`` for ``request``'s input through the run controller (progress, preview, layers at the end)."""
         self._frame = request.frame
-        if request.preview_interval_s > 0:
+        if preview_interval_s > 0:
             self._prepare_preview(request)
         return self.runner.start(
-            partial(refine_task, request),
-            message=f"refining '{request.frame.name}'",
+            work,
+            message=f"{verb} '{request.frame.name}'",
             activity_name=request.frame.name,
             on_progress=self._on_progress,
             on_finished=self._on_finished,
