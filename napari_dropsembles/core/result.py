@@ -146,24 +146,21 @@ class Reconstruction:
         """mean/variance/entropy/mutual_information .nii.gz, mesh.ply, report.json; other formats
         (NRRD, MetaImage, OME-Zarr, .seg.nrrd, DICOM-SEG, LPS meshes) by ``formats``, an
         :class:`~.formats.outputs.OutputFormats`."""
+        from .formats.outputs import OutputFormats, write_outputs
+        from .refine import MEMBERS, save_members  # the warm-start state of `reconstruct --resume`
+
         folder = ensure_writable_dir(out_dir)
         paths = {}
         if formats is not None:
-            from .formats.outputs import write_outputs
-
             paths = write_outputs(folder, self.maps.as_dict(), self.mesh, self.config.threshold, formats)
         else:
             for name, volume in self.maps.as_dict().items():
                 paths[name] = write_volume(folder / f"{name}.nii.gz", volume)
             if not self.mesh.is_empty:
                 paths["mesh"] = write_mesh(folder / MESH, self.mesh)
-        from .refine import MEMBERS, save_members  # the warm-start state of `reconstruct --resume`
-
         paths["members"] = save_members(self, folder / MEMBERS)
         report = folder / REPORT
-        from .formats.outputs import OutputFormats
-
-        described = (formats if formats is not None else OutputFormats()).describe()
+        described = (formats if formats is not None else OutputFormats()).describe()  # the files' spaces, always
         content = {**self.report(), "outputs": described}
         atomic_write_bytes(report, json.dumps(content, indent=2, default=_json_default).encode())
         paths["report"] = report
