@@ -105,3 +105,16 @@ def test_training_slicings_are_thick_along_the_axes_asked_for():
     every = PretrainConfig(slice_axes=(0, 1, 2))
     assert {random_training_corruption(rng, every).slice_axis for _ in range(60)} == {0, 1, 2}
     assert {random_training_corruption(rng, PretrainConfig(slice_axes=(0,))).slice_axis for _ in range(20)} == {0}
+
+
+def test_training_samples_made_by_worker_processes_equal_those_made_here():
+    import torch
+
+    from napari_dropsembles.core.pretrain import POOL_MIN_TASKS, build_training_pool
+    from napari_dropsembles.core.progress import drive
+
+    shapes = [MaskShape(read_volume(REAL / "vertebrae_T12.nii.gz"))]
+    config = PretrainConfig(samples=POOL_MIN_TASKS, points_per_sample=64, procedural_share=0.5)
+    here = drive(build_training_pool(TINY, config, shapes=shapes, workers=1))
+    workers = drive(build_training_pool(TINY, config, shapes=shapes, workers=2))
+    assert all(torch.equal(a, b) for a, b in zip(here, workers, strict=True))

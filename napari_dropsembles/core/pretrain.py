@@ -72,7 +72,13 @@ def make_training_sample(
     return case.encoder_input, case.point_inputs(points), labels
 
 
-_POOL_SHAPES: Sequence[Shape] | None = None  # inherited by forked workers (no pickling of shapes)
+_POOL_SHAPES: Sequence[Shape] | None = None  # the training shapes, set in every pool worker by _init_pool
+POOL_MIN_TASKS = 64  # fewer samples are made in this process: starting worker processes would cost more
+
+
+def _init_pool(shapes: Sequence[Shape] | None) -> None:
+    global _POOL_SHAPES
+    _POOL_SHAPES = shapes
 
 
 def _pool_sample(task: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -93,14 +99,17 @@ def build_training_pool(
     indices: Sequence[int] | None = None,
 ) -> Generator[Progress, None, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Make the training samples up front (deterministic per index, parallel): ``indices`` (default all)."""
-    global _POOL_SHAPES
-    _POOL_SHAPES = shapes
+    _init_pool(shapes)  # samples made in this process read them too
     indices = range(config.samples) if indices is None else indices
     tasks = [(i, config.seed, config.shapes, model_config, config) for i in indices]
     workers = workers or min(2, os.cpu_count() or 1)
     results = []
-    if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+    if workers > 1 and len(tasks) >= POOL_MIN_TASKS:
+        # Workers start from a clean server process, never forked from this one: a fork of a process
+        # that runs threads (torch's, Qt's) can inherit a held lock and hang (seen in CI).
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        with context.Pool(workers, initializer=_init_pool, initargs=(shapes,)) as pool:
             for i, item in enumerate(pool.imap(_pool_sample, tasks, chunksize=8)):
                 results.append(item)
                 if (i + 1) % 32 == 0 or i + 1 == len(tasks):
