@@ -8,6 +8,10 @@ threshold slider afterwards.
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python bench/gui_responsiveness.py [--prior P] [--json OUT]
 
+Placing the layers is reported step by step (``placement_timeline``: each step's main-thread time and
+the timer gap that holds it, i.e. the step plus the repaint after it); ``--profile OUT`` writes a cProfile
+of the first run's placement (main thread, until the viewer settled).
+
 Without a bundled prior and without ``--prior``, an untrained prior of the default architecture
 is used: the cost of a run (what this measures) does not depend on the weights.
 """
@@ -152,6 +156,22 @@ def worst_gaps(recorder, start, stop, phases, callbacks, count: int = 5) -> list
     return found
 
 
+def placement_timeline(recorder, steps: list[tuple[float, float]]) -> list[dict]:
+    """Each placement step: its main-thread time and the timer gap that holds it (the step, the repaint
+    after it and whatever else ran in the same event-loop turns), from the previous tick to the next one."""
+    t = np.asarray(recorder.times)
+    rows = []
+    for begin, end in steps:
+        before = t[t <= begin]
+        after = t[t >= end]
+        if not len(before) or not len(after):
+            continue
+        gap = 1000 * (after[0] - before[-1])
+        step = 1000 * (end - begin)
+        rows.append({"step_ms": round(step, 1), "gap_ms": round(gap, 1), "rest_of_gap_ms": round(gap - step, 1)})
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prior", type=Path, help="prior .safetensors (default: bundled, else untrained)")
@@ -170,6 +190,11 @@ def main(argv=None) -> int:
     )
     parser.add_argument(
         "--hidden", action="store_true", help="do not show the window: measures the plugin without the cost of drawing"
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="cProfile the first run's placement (from the run's end until the viewer settled) into this .prof file",
     )
     args = parser.parse_args(argv)
 
@@ -212,14 +237,31 @@ def main(argv=None) -> int:
         app.processEvents()
         time.sleep(0.001)
     placements = []
+    steps: list[tuple[float, float]] = []  # (start, end) of each placement step on the main thread
     place_next = widget._place_next
 
     def timed_place_next(*place_args):
         tick = time.perf_counter()
         place_next(*place_args)
+        steps.append((tick, time.perf_counter()))
         placements.append(round(1000 * (time.perf_counter() - tick), 1))
 
     widget._place_next = timed_place_next
+    profiler = None
+    if args.profile is not None:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        on_finished = widget._on_finished
+        profiling: list[bool] = []
+
+        def profiled_on_finished(outcome):
+            if not profiling:
+                profiling.append(True)
+                profiler.enable()
+            on_finished(outcome)
+
+        widget._on_finished = profiled_on_finished
     phases: list[tuple[float, str]] = []  # when each phase's first progress reached the main thread
     callbacks: list[tuple[float, float]] = []  # (when, ms) of the widget's progress handling
     owner = getattr(widget, "runner", None)  # the run controller reports progress (older code: the widget)
@@ -246,6 +288,10 @@ def main(argv=None) -> int:
         time.sleep(0.001)
     placed = time.perf_counter()
     settled = settle(app)  # the repaint after the last layer is part of placing them
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(str(args.profile))
+    first_steps = list(steps)
     if widget.status.state is not RunState.DONE:
         print(f"the run did not finish: {widget.status.state} {widget.status.message}", file=sys.stderr)
         return 1
@@ -268,6 +314,7 @@ def main(argv=None) -> int:
     passes = [("rerun", widget.run)] * args.reruns + ([("refine", refine)] * args.refines if refine else [])
     for kind, start in passes:  # the same input again: the result layers are updated in place
         placements_before = len(placements)
+        steps_before = len(steps)
         again = time.perf_counter()
         rerun_task = start()
         rerun_call_ms = 1000 * (time.perf_counter() - again)
@@ -287,6 +334,10 @@ def main(argv=None) -> int:
                 "during_the_run": summary(recorder.gaps_ms(again, rerun_done or rerun_placed)),
                 "placing_the_layers": summary(recorder.gaps_ms(rerun_done or rerun_placed, rerun_settled)),
                 "each_layer_placement_ms": placements[placements_before:],
+                "placement_timeline": placement_timeline(recorder, steps[steps_before:]),
+                "longest_gaps_during_the_run": worst_gaps(
+                    recorder, again, rerun_done or rerun_placed, phases, callbacks, count=3
+                ),
             }
         )
     recorder.stop()
@@ -310,6 +361,7 @@ def main(argv=None) -> int:
         "during_the_run": summary(recorder.gaps_ms(started, computing_done or placed)),
         "placing_the_layers": summary(recorder.gaps_ms(computing_done or placed, settled)),
         "each_layer_placement_ms": first_placements,
+        "placement_timeline": placement_timeline(recorder, first_steps),
         "whole_run": summary(recorder.gaps_ms(started, placed)),
         "dragging_the_threshold": summary(recorder.gaps_ms(drag_start, drag_stop)),
         "last_remesh_ms": round(1000 * widget.last_remesh.elapsed_s, 1) if widget.last_remesh else None,

@@ -281,7 +281,7 @@ def annotate_scene(args, prior_path: Path, truth_path: Path | None, app) -> None
     widget.scroll_area.ensureWidgetVisible(panel.history_table)
     settle(app)
     save_checked(viewer, args.out_dir / "screenshot_annotate_loop.png", 0.02)
-    print("history:", [(r, s, round(e.voxels), d) for r, s, e, d in panel.history[widget.current.frame.source_id]])
+    print("history:", [(r, s, round(e.voxels), d) for r, s, e, d, *_ in panel.history[widget.current.frame.source_id]])
     assert layers  # the result layers the loop updated in place
     viewer.close()
 

@@ -114,15 +114,15 @@ def _positive_float(text: str) -> float:
 
 
 def _label(text: str) -> int | str:
-    if text == "all":
-        return "all"
+    if text in ("all", "each"):
+        return text
     try:
         return int(text)
     except ValueError:
         if text.strip():
             return text.strip()  # a segment name of a .seg.nrrd or DICOM-SEG, resolved when the file is read
         raise argparse.ArgumentTypeError(
-            f"--label takes an integer label, a segment name or 'all', got {text!r}"
+            f"--label takes an integer label, a segment name, 'all' or 'each', got {text!r}"
         ) from None
 
 
@@ -235,9 +235,10 @@ def add_reconstruction_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--annotated-empty",
         type=_slice_list,
-        default=base.annotated_empty,
+        default=None,
         metavar="I,J,...",
-        help="slices of the annotation axis annotated as empty (background), not left out",
+        help="slices of the annotation axis annotated as empty (background), not left out "
+        "(with --resume: replaces the result's list, which is kept otherwise)",
     )
     p.add_argument("--device", choices=DEVICE_CHOICES, default=base.device)
 
@@ -266,7 +267,7 @@ def config_from_args(args: argparse.Namespace, **more: object):
         empty_slices=args.empty_slices,
         member_diversity=args.member_diversity,
         annotation_axis=args.annotation_axis,
-        annotated_empty=args.annotated_empty,
+        annotated_empty=() if args.annotated_empty is None else args.annotated_empty,
         device=args.device,
         seed=args.seed,
         **more,
@@ -294,7 +295,9 @@ def resume_options(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="DIR",
         help="refine the result in DIR (written by reconstruct or suggest) with the updated observation: its members "
-        "warm-start and its settings are kept (options of the first run are ignored, --device aside)",
+        "warm-start and its settings are kept (options of the first run are ignored, --device and --annotated-empty "
+        "aside); a result of several structures (--label each) refines each from its own members with its label of "
+        "the updated volume, keeping those whose label did not change",
     )
     p.add_argument(
         "--refine-steps",
@@ -343,7 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--label",
         type=_label,
         default=None,
-        help="label to reconstruct in a multi-label volume: a number, a segment name (.seg.nrrd, DICOM-SEG) or 'all'",
+        help="label to reconstruct in a multi-label volume: a number, a segment name (.seg.nrrd, DICOM-SEG), 'all' "
+        "(merged into one object) or 'each' (every label separately: label<k>/ result folders, merged maps, "
+        "segmentation and mesh, structures.json)",
     )
     rec.add_argument(
         "--ground-truth", type=Path, default=None, help="dense mask: add metrics and baselines to report.json"
@@ -389,7 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="T",
         help="binarise a non-binary input: voxels >= T are the object",
     )
-    sug.add_argument("--label", type=_label, default=None, help="label to use in a multi-label volume")
+    sug.add_argument(
+        "--label",
+        type=_label,
+        default=None,
+        help="label to use in a multi-label volume ('each': every label separately, the slices ranked across them)",
+    )
     common(sug)
 
     pre = sub.add_parser("pretrain", help="train a prior on procedural vertebrae (or a folder of dense masks)")
@@ -544,13 +554,148 @@ def _fit(args: argparse.Namespace, prior, observation, target, printer):
     if args.resume is None:
         config = config_from_args(args, keep_members=getattr(args, "members_out", False))
         return drive(reconstruct_steps(observation, prior, config, target=target), printer)
-    from dataclasses import replace
 
     from .core.refine import read_warm_start, refine_steps
 
     start = read_warm_start(args.resume, prior)
-    config = replace(start.config, device=args.device)
+    config = _resume_config(args, start.config)
     return drive(refine_steps(start, observation, config, steps=args.refine_steps, target=target), printer)
+
+
+def _resume_config(args: argparse.Namespace, config):
+    """The earlier result's settings, on this run's --device, with --annotated-empty when given."""
+    from dataclasses import replace
+
+    config = replace(config, device=args.device)
+    if args.annotated_empty is not None:
+        config = replace(config, annotated_empty=args.annotated_empty)
+    return config
+
+
+# -- several structures (--label each) ----------------------------------------------------------------
+
+
+def _several(args: argparse.Namespace) -> bool:
+    """True for a run over every label (--label each, or --resume of a result of several structures)."""
+    from .core.structures import is_structure_folder
+
+    folder = args.resume is not None and is_structure_folder(args.resume)
+    if folder and args.label not in (None, "each"):
+        raise InputError(
+            f"{args.resume} holds several structures and --resume refines every one of them: leave --label out"
+        )
+    if args.label == "each" and args.resume is not None and not folder:
+        raise InputError(
+            f"{args.resume} holds one structure (not written with --label each): resume it with the --label of "
+            "its first run, or reconstruct with --label each again"
+        )
+    if (folder or args.label == "each") and args.threshold is not None:
+        raise InputError("--threshold makes one object of an image; several structures need a label volume")
+    return bool(folder) or args.label == "each"
+
+
+def _structure_masks(path: Path):
+    from .core.io import read_volume
+    from .core.structures import structure_masks
+
+    return structure_masks(read_volume(path))
+
+
+def _fit_structures(args: argparse.Namespace, prior, masks, target, printer):
+    """Reconstruct every label, or with ``--resume`` refine each structure of the earlier result."""
+    from .core.budget import check_reconstruction_request
+    from .core.methods import check_prior
+    from .core.structures import read_structure_starts, reconstruct_structures_steps, refine_structures_steps
+
+    if args.resume is None:
+        config = config_from_args(args, keep_members=True)
+        check_prior(config, prior)
+        for mask in masks.values():
+            check_reconstruction_request(mask, prior, config, target, None)
+        return drive(reconstruct_structures_steps(masks, prior, config, target=target), printer)
+    starts = read_structure_starts(args.resume, prior)
+    config = _resume_config(args, starts[min(starts)].config)
+    return drive(refine_structures_steps(starts, masks, config, steps=args.refine_steps, target=target), printer)
+
+
+def _structure_metrics(args: argparse.Namespace, structures, masks, printer) -> None:
+    """--ground-truth with several structures: each compared with its own label of the ground truth."""
+    from .core.evaluate import compare_steps
+    from .core.io import binary_mask_from_volume, list_labels, read_volume
+
+    truth = read_volume(args.ground_truth)
+    held = set(list_labels(truth))
+    missing = sorted(set(structures.labels) - held)
+    if missing:
+        raise InputError(
+            f"the ground truth {args.ground_truth} holds no label {', '.join(map(str, missing))}: "
+            "give one with the labels of the observation"
+        )
+    for label, result in structures.results.items():
+        tick = time.perf_counter()
+        result.metrics = drive(
+            compare_steps(
+                result.fitted,
+                masks[label],
+                binary_mask_from_volume(truth, label=label),
+                threshold=result.config.threshold,
+                empty_slices=result.config.empty_slices,
+                reading=result.reading,
+            ),
+            printer,
+        )
+        result.timings["evaluate"] = time.perf_counter() - tick
+
+
+def _structures_summary(structures) -> str:
+    results = structures.results
+    first = results[structures.labels[0]]
+    total = sum(r.timings.get("total", 0.0) for r in results.values())
+    round_text = f", refine round {structures.rounds}" if structures.rounds else ""
+    kept = f" (label {', '.join(map(str, structures.kept))} unchanged: not fine-tuned)" if structures.kept else ""
+    lines = [
+        f"{first.config.method} M={structures.members} on {structures.device}: {len(results)} structures "
+        f"(label {', '.join(map(str, structures.labels))}){round_text}{kept}, total {total:.1f}s",
+        f"{'label':>6} {'volume ml':>10} {'+- ml':>8} {'band var':>10}  flag",
+    ]
+    for row in structures.table():
+        lines.append(
+            f"{row.label:>6} {row.volume_ml:>10.2f} {row.volume_ml_std:>8.2f} {row.band_variance:>10.5f}  "
+            + (row.reason if row.flagged else "")
+        )
+    for label, result in sorted(results.items()):
+        lines += [f"note (label {label}): {note}" for note in result.notes(cli_setting)]
+        if result.metrics:
+            lines.append(f"label {label}:\n" + _metrics_table(result.metrics))
+    return "\n".join(lines)
+
+
+def _reconstruct_structures(args: argparse.Namespace, printer) -> int:
+    from .core.io import read_volume
+    from .core.outputs import atomic_folder, check_output_folder
+    from .core.structures import STRUCTURES, save_structures
+
+    if args.resume is None:
+        config_from_args(args, keep_members=True)  # option errors before any file is read
+    inputs = _inputs(args, **{"ground truth": args.ground_truth, "--like volume": args.like})
+    out = check_output_folder(args.out, inputs=inputs, names=(STRUCTURES,))
+    formats = _output_formats(args)
+    masks = _structure_masks(args.observation)
+    target = None
+    if args.like is not None:
+        reference = read_volume(args.like)
+        target = (reference.affine, reference.shape)
+    prior = _load_priors(args.prior)
+    structures = _fit_structures(args, prior, masks, target, printer)
+    if args.ground_truth is not None:
+        _structure_metrics(args, structures, masks, printer)
+    with atomic_folder(out) as staging:
+        paths = save_structures(structures, staging, formats, member_meshes=args.members_out)
+    if not args.quiet:
+        print(_structures_summary(structures))
+        for name, path in paths.items():
+            print(f"  {name:>18}: {out / Path(path).name}")
+    return 0
 
 
 def _check_request(args: argparse.Namespace, prior, observation, target, ground_truth) -> None:
@@ -570,7 +715,9 @@ def _inputs(args: argparse.Namespace, **more: Path | None) -> dict[str, Path | N
     inputs = {"observation": args.observation, **more}
     inputs.update({f"prior {p}": p for p in args.prior or ()})
     if args.resume is not None:
-        inputs.update({f"--resume file {p.name}": p for p in Path(args.resume).glob("*") if p.is_file()})
+        for path in Path(args.resume).glob("*"):
+            files = path.glob("*") if path.is_dir() and path.name.startswith("label") else [path]
+            inputs.update({f"--resume file {p.relative_to(args.resume)}": p for p in files if p.is_file()})
     return inputs
 
 
@@ -581,6 +728,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .core.outputs import atomic_folder, check_output_folder
 
     printer = ProgressPrinter(args.quiet)
+    if _several(args):
+        return _reconstruct_structures(args, printer)
     if args.resume is None:
         config_from_args(args, keep_members=args.members_out)  # option errors before any file is read
     out = check_output_folder(
@@ -630,20 +779,37 @@ SUGGESTIONS = "suggestions.json"
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
+    """Reconstruct (or refine with ``--resume``) and rank the slices to annotate next.
+
+    With several structures (``--label each``, or ``--resume`` of such a result) the slices of the label
+    volume are ranked across structures: a user annotates a whole slice, every label on it, so a slice's
+    score is the sum of the mislabelled voxels annotating it is expected to remove from each structure,
+    and each suggestion lists the ``labels`` it helps; the expected error is summed over the structures.
+    """
     from .core.annotate import expected_band_error, suggest_slices
     from .core.io import atomic_write_bytes
     from .core.outputs import atomic_folder, check_output_folder
 
     printer = ProgressPrinter(args.quiet)
+    several = _several(args)
     if args.resume is None:
         config_from_args(args)
-    out = check_output_folder(args.out, inputs=_inputs(args), names=(SUGGESTIONS,))
-    observation = _load_observation(args.observation, args.label, args.threshold)
+    names = (SUGGESTIONS, "structures.json") if several else (SUGGESTIONS,)
+    out = check_output_folder(args.out, inputs=_inputs(args), names=names)
     prior = _load_priors(args.prior)
-    _check_request(args, prior, observation, None, None)
-    result = _fit(args, prior, observation, None, printer)
-    suggestions = suggest_slices(result, args.n, axis=args.axis)
-    expected = expected_band_error(result)
+    if several:
+        from .core.structures import save_structures, structures_expected_error, suggest_structure_slices
+
+        structures = _fit_structures(args, prior, _structure_masks(args.observation), None, printer)
+        result = structures.results[structures.labels[0]]
+        suggestions = suggest_structure_slices(structures, args.n, axis=args.axis)
+        expected = structures_expected_error(structures)
+    else:
+        observation = _load_observation(args.observation, args.label, args.threshold)
+        _check_request(args, prior, observation, None, None)
+        result = _fit(args, prior, observation, None, printer)
+        suggestions = suggest_slices(result, args.n, axis=args.axis)
+        expected = expected_band_error(result)
     content = {
         "observation": str(args.observation),
         "expected_error": {
@@ -653,7 +819,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
             "text": expected.text,
         },
         "slice_axis": None if result.reading is None else result.reading.axis,
-        "refine_rounds": result.rounds,
+        "refine_rounds": structures.rounds if several else result.rounds,
         "suggestions": [
             {
                 "rank": rank,
@@ -662,12 +828,18 @@ def cmd_suggest(args: argparse.Namespace) -> int:
                 "world_mm": round(s.world_mm, 3),
                 "score": round(s.score, 3),
                 "kind": s.kind,
+                **({"labels": list(s.labels)} if several else {}),
             }
             for rank, s in enumerate(suggestions, 1)
         ],
     }
+    if several:
+        content["labels"] = structures.labels
     with atomic_folder(out) as staging:
-        result.save(staging)
+        if several:
+            save_structures(structures, staging)
+        else:
+            result.save(staging)
         atomic_write_bytes(staging / SUGGESTIONS, json.dumps(content, indent=2).encode())
     if not args.quiet:
         print(_suggestion_table(suggestions, expected.text))
@@ -679,9 +851,12 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
 
 def _suggestion_table(suggestions, expected: str) -> str:
-    lines = [f"{'rank':>4} {'axis':>4} {'index':>5} {'world mm':>9} {'score':>9}  kind"]
+    several = any(getattr(s, "labels", ()) for s in suggestions)
+    header = f"{'rank':>4} {'axis':>4} {'index':>5} {'world mm':>9} {'score':>9}  kind"
+    lines = [header + ("   labels" if several else "")]
     for rank, s in enumerate(suggestions, 1):
-        lines.append(f"{rank:>4} {s.axis:>4} {s.index:>5} {s.world_mm:>9.2f} {s.score:>9.2f}  {s.kind}")
+        labels = f"  {','.join(map(str, s.labels))}" if several else ""
+        lines.append(f"{rank:>4} {s.axis:>4} {s.index:>5} {s.world_mm:>9.2f} {s.score:>9.2f}  {s.kind}{labels}")
     if not suggestions:
         lines.append("  (no slice left to suggest)")
     lines.append(f"expected error: {expected}")
@@ -697,7 +872,7 @@ def _output_formats(args: argparse.Namespace):
     from .core.formats.outputs import OutputFormats, output_formats
 
     formats = output_formats(args.format, args.observation)
-    if isinstance(args.label, str) and args.label != "all":  # the output segment keeps the input's name and colour
+    if isinstance(args.label, str) and args.label not in ("all", "each"):  # the output segment keeps its name, colour
         segment = find_segment(args.observation, args.label)
         formats = replace(formats, segment=replace(segment, label=1))
     return None if formats == OutputFormats() else formats

@@ -310,6 +310,70 @@ def test_result_layers_are_readable_in_2d_and_3d(viewer, tiny_prior_path, sync_w
     assert layers["variance"].visible and not layers["mesh"].visible
 
 
+def test_placing_the_results_leaves_the_selection_and_the_layer_controls_alone(viewer, tiny_prior_path, sync_workers):
+    """napari hands a plugin a proxied viewer whose attributes come back as new proxies: the active layer read
+    through it is never ``is`` the one read before, so the selection used to be put back (and the layer
+    controls rebuilt twice) after every placement step. The new layers' overlays are held back while they
+    are added and shown again after: none stays hidden."""
+    sphere = add_volume(viewer, sphere_volume(), "sphere")
+    viewer.layers.selection.active = sphere
+    widget = open_widget(viewer)
+    assert type(widget.viewer).__name__ == "PublicOnlyProxy"  # what a plugin gets from napari
+    tiny_settings(widget, tiny_prior_path)
+    widget.input.value = sphere
+    events = []
+    viewer.layers.selection.events.changed.connect(lambda event: events.append("changed"))
+    viewer.layers.selection.events.active.connect(lambda event: events.append("active"))
+    widget.run()
+    assert events == [] and viewer.layers.selection.active is sphere and set(viewer.layers.selection) == {sphere}
+    from napari.layers import Labels
+
+    def shown(layer) -> dict:
+        return {name: overlay.visible for name, overlay in getattr(layer, "_overlays", {}).items()}
+
+    as_made = shown(Labels(np.zeros((2, 2, 2), np.uint8)))
+    assert as_made.get("polygon") and shown(by_role(viewer)["thresholded"]) == as_made
+
+
+def test_the_result_colormaps_do_not_widen_the_layer_controls():
+    """Every image layer's colormap box lists all registered colormaps: a custom name wider than napari's
+    widest widens the layer-controls dock, which resizes (and fully repaints) the canvas mid-placement."""
+    from napari.utils.colormaps import AVAILABLE_COLORMAPS
+
+    from napari_dropsembles._gui.layers import heatmap_colormap, mesh_colormap
+
+    ours = {heatmap_colormap().name, mesh_colormap().name}
+    widest = max(len(colormap._display_name) for name, colormap in AVAILABLE_COLORMAPS.items() if name not in ours)
+    assert all(len(name) <= widest for name in ours), (ours, widest)
+
+
+def test_the_first_preview_sets_the_look_first_and_draws_in_the_next_turn(viewer, tiny_prior_path, sync_workers, qtbot):
+    """With the window shown, the live preview's first report (the previous mean takes the preview's look and
+    box) and its first draw are two event-loop turns, not one long pause; later reports just set the data."""
+    from napari_dropsembles.core.volume import Volume
+
+    sphere = add_volume(viewer, sphere_volume(), "sphere")
+    widget = open_widget(viewer)
+    tiny_settings(widget, tiny_prior_path)
+    widget.input.value = sphere
+    widget.run()
+    mean = by_role(viewer)["mean"]
+    data = mean.data
+    widget.sync = False  # as in the viewer: the preview reaches the widget from a worker thread
+    widget._frame = widget.current.frame
+    widget._prepare_preview(widget.request())
+    preview = Volume(np.ones((4, 4, 4), np.float32), np.diag([5.0, 5.0, 5.0, 1.0]))
+    widget._show_preview(preview)
+    assert mean.colormap.name == "cyan" and np.allclose(mean.scale[-3:], 5.0)  # the look and the box: now
+    assert mean.data is data and not mean.visible  # the data and the first draw: in the next turn
+    qtbot.waitUntil(lambda: mean.visible and mean.data.shape == (4, 4, 4), timeout=2000)
+    widget._show_preview(preview.with_data(np.zeros((4, 4, 4), np.float32)))  # later reports: at once
+    assert not mean.data.any()
+    widget._show_preview(preview)
+    widget._end_preview(keep_data=False)  # a pending update is dropped with the run
+    assert mean.data is data and not mean.visible and mean.colormap.name != "cyan"
+
+
 # --------------------------------------------------------------------------- item 9: names and colours
 
 

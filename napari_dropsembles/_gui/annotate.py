@@ -5,13 +5,21 @@ annotation is expected to remove the most error (``core.annotate.suggest_slices`
 the user paints it on the observation's Labels layer with napari's own tools (and undo) -> "Refine"
 reads the observation again and warm-starts the members on it (``core.refine.refine_steps``) in the
 background, through the widget's run controller (progress, cancel), and the result layers are updated
-in place -> the history gains a row (slices annotated, expected error, Dice against a ground truth when
-one is open). Corrections of slices already annotated are read the same way. The panel only gathers
-inputs and shows outputs: every number comes from a task in ``tasks.py``.
+in place -> the history gains a row (slices annotated, slices marked empty, expected error, Dice against
+a ground truth when one is open). Corrections of slices already annotated are read the same way.
+
+A slice the user looked at and found empty is said so with "Mark slice empty" (the slice shown, else the
+outlined suggestion): it is listed under the buttons ("Unmark" takes back the selected one, or the last),
+every later Refine (and Run) reads it as background instead of a gap (``annotated_empty``), and the marks
+stay from round to round. A result of several structures (labels reconstructed each separately) runs the
+same loop: the suggestions are slices of the shared volume ranked across structures (each saying which
+structures it helps), and Refine refines the structures whose labels changed (core/structures).
+The panel only gathers inputs and shows outputs: every number comes from a task in ``tasks.py``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import numpy as np
@@ -22,6 +30,8 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QListWidget,
+    QListWidgetItem,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -29,6 +39,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core.config import ReconstructionConfig
 from ..core.errors import DropsemblesError
 from .common import WARN_STYLE, is_deleted, notify_error, shrinkable_combos
 from .layers import (
@@ -43,7 +54,7 @@ from .layers import (
     slice_view_order,
 )
 from .state import RunState
-from .tasks import RefineRequest, RoundOutput, SuggestRequest, single_result, suggest_task
+from .tasks import RefineRequest, RoundOutput, SuggestRequest, suggest_task
 from .workers import Outcome, Task
 
 NO_TRUTH = "(none)"
@@ -83,14 +94,16 @@ class AnnotatePanel(QWidget):
     """Suggest the next slice, refine with what the user painted, and the history of the rounds."""
 
     SUGGESTION_HEADERS = ("#", "slice", "score (voxels)")
-    HISTORY_HEADERS = ("round", "slices", "expected error", "Dice")
+    HISTORY_HEADERS = ("round", "slices", "empty", "expected error", "Dice")
 
     def __init__(self, widget) -> None:
         super().__init__()
         self.widget = widget  # the ReconstructWidget this panel belongs to
         self.viewer = widget.viewer
         self.rounds: dict[str, RoundOutput] = {}  # input id -> the current result's round (suggestions, error)
-        self.history: dict[str, list[tuple]] = {}  # input id -> (round, slices, expected voxels, Dice)
+        self.history: dict[str, list[tuple]] = {}  # input id -> (round, slices, expected, Dice, slices marked empty)
+        self.empty: dict[str, list[int]] = {}  # input id -> slices marked empty, in the order they were marked
+        self.empty_axis: dict[str, int] = {}  # input id -> the slice axis the marks are on
         self._next: dict[str, int] = {}  # input id -> the suggestion the button shows next
         self._go_when_ready = False
         self._pending: dict[str, object] = {}  # input id -> the result whose slices are being ranked
@@ -109,6 +122,21 @@ class AnnotatePanel(QWidget):
             " members, in the background"
         )
         self.refine_button.clicked.connect(self.refine)
+        self.mark_button = QPushButton("Mark slice empty")
+        self.mark_button.setToolTip(
+            "the slice shown (else the outlined suggestion) was looked at and holds nothing: the next Refine reads it"
+            " as background instead of a slice nobody annotated"
+        )
+        self.mark_button.clicked.connect(lambda *_checked: self.mark_empty())  # not clicked's bool as the index
+        self.unmark_button = QPushButton("Unmark")
+        self.unmark_button.setToolTip("take back the selected mark (the last one when none is selected)")
+        self.unmark_button.clicked.connect(self.unmark)
+        self.empty_list = QListWidget()
+        self.empty_list.setFlow(QListWidget.Flow.LeftToRight)
+        self.empty_list.setWrapping(True)
+        self.empty_list.setMaximumHeight(48)
+        self.empty_list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.empty_list.setToolTip("slices marked as annotated empty: every Refine reads them as background")
         self.ground_truth = ComboBox(
             label="Ground truth", choices=self._truth_choices, tooltip="scores each round (Dice) when one is open"
         )
@@ -124,6 +152,7 @@ class AnnotatePanel(QWidget):
             (
                 "0: the first run; then one per Refine",
                 "slices of the slice axis that hold labels",
+                "slices marked as annotated empty that the round read as background",
                 "about this many mislabelled voxels expected near the surface (stop when it is small enough)",
                 "Dice against the ground truth chosen above ('-' without one)",
             )
@@ -137,8 +166,14 @@ class AnnotatePanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         buttons = QHBoxLayout()
         buttons.addWidget(self.suggest_button)
+        buttons.addWidget(self.mark_button)
         buttons.addWidget(self.refine_button)
         layout.addLayout(buttons)
+        marks = QHBoxLayout()
+        marks.addWidget(QLabel("Empty"))
+        marks.addWidget(self.empty_list, 1)
+        marks.addWidget(self.unmark_button)
+        layout.addLayout(marks)
         truth_row = QHBoxLayout()
         truth_row.addWidget(QLabel("Ground truth"))
         truth_row.addWidget(self.ground_truth.native, 1)
@@ -200,9 +235,7 @@ class AnnotatePanel(QWidget):
         current = self._current()
         if current is None:
             return "run a reconstruction first"
-        if len(current.structures.results) != 1:
-            return "the result holds several structures: choose one label in 'Label' and run again"
-        if current.structures.results[next(iter(current.structures.results))].prior is None:
+        if any(result.prior is None for result in current.structures.results.values()):
             return "this result does not hold its prior: run again"
         if self._source_layer() is None:
             return "the input layer of this result is no longer open"
@@ -218,6 +251,10 @@ class AnnotatePanel(QWidget):
         self.refine_button.setToolTip(
             reason or ("a run is going" if running else "refine the result with the input's slices as they are now")
         )
+        current = self._current()
+        round_ = None if current is None else self.rounds.get(current.frame.source_id)
+        self.mark_button.setEnabled(not reason and round_ is not None and round_.axis is not None)
+        self.unmark_button.setEnabled(self.empty_list.count() > 0)
 
     # ------------------------------------------------------------------ the result shown
 
@@ -227,6 +264,7 @@ class AnnotatePanel(QWidget):
         if output is None:
             self._fill_suggestions(None)
             self._fill_history("")
+            self._fill_empty("")
             self.info.setStyleSheet("")
             self.info.setText(self.blocked_reason())
             return
@@ -235,6 +273,7 @@ class AnnotatePanel(QWidget):
             self._start_suggest(output)
         self._fill_history(source)
         self._fill_suggestions(self.rounds.get(source))
+        self._fill_empty(source)
 
     def result_placed(self, output) -> None:
         """A new result for ``output.frame``'s input: a run starts the history again, a refinement adds a row."""
@@ -251,11 +290,10 @@ class AnnotatePanel(QWidget):
 
     def _start_suggest(self, output) -> None:
         reason = self.blocked_reason() if self.widget.current is output else ""
-        if reason or len(output.structures.results) != 1:
-            self.info.setText(reason or "several structures: choose one label in 'Label' to annotate slice by slice")
+        if reason:
+            self.info.setText(reason)
             return
-        _label, result = single_result(output.structures)
-        request = SuggestRequest(result, self._truth_volume(), float(output.threshold))
+        request = SuggestRequest(output.structures, self._truth_volume(), float(output.threshold))
         self.info.setStyleSheet("")
         self.info.setText("ranking the slices …")
         self._pending[output.frame.source_id] = output
@@ -285,6 +323,8 @@ class AnnotatePanel(QWidget):
         if self.widget.current is output:
             self._fill_history(source)
             self._fill_suggestions(outcome.value)
+            self._fill_empty(source)
+            self._update_buttons()
             if self._go_when_ready:
                 self._go_when_ready = False
                 self.suggest()
@@ -293,8 +333,10 @@ class AnnotatePanel(QWidget):
         self.rounds[source] = round_
         self._next[source] = 0
         rows = self.history.setdefault(source, [])
-        number = next(iter(output.structures.results.values())).rounds
-        rows.append((number, round_.labelled_slices, round_.expected, round_.dice))
+        rows.append(
+            (output.structures.rounds, round_.labelled_slices, round_.expected, round_.dice, round_.annotated_empty)
+        )
+        self._sync_marks(source, round_)
         self.info.setStyleSheet(WARN_STYLE if round_.message else "")
         expected = round_.expected.text if round_.expected is not None else ""
         self.info.setText(round_.message or expected)
@@ -304,28 +346,45 @@ class AnnotatePanel(QWidget):
         self.suggestions.setRowCount(len(suggestions))
         for row, suggestion in enumerate(suggestions):
             what = "annotate" if suggestion.kind == "annotate" else "check the labels on"
+            helps = self._structures_text(suggestion)
             _set_row(
                 self.suggestions,
                 row,
-                (str(row + 1), f"{AXIS_NAMES[suggestion.axis]} {suggestion.index}", f"{suggestion.score:.0f}"),
+                (
+                    str(row + 1),
+                    f"{AXIS_NAMES[suggestion.axis]} {suggestion.index}" + (f" ({helps})" if helps else ""),
+                    f"{suggestion.score:.0f}",
+                ),
                 f"{what} slice {suggestion.index} along axis {suggestion.axis} ({suggestion.world_mm:.1f} mm):"
-                f" about {suggestion.score:.0f} mislabelled voxels expected to be removed",
+                f" about {suggestion.score:.0f} mislabelled voxels expected to be removed"
+                + (f" from {helps}" if helps else ""),
             )
+
+    def _structures_text(self, suggestion) -> str:
+        """The structures a suggestion helps, by name ('' for a result of one structure)."""
+        labels = getattr(suggestion, "labels", ())
+        current = self._current()
+        if not labels or current is None or len(current.structures.results) < 2:
+            return ""
+        names = self.widget._names.get(current.frame.source_id, {})
+        return ", ".join(names.get(label, f"label {label}") for label in labels)
 
     def _fill_history(self, source: str) -> None:
         rows = self.history.get(source, [])
         self.history_table.setRowCount(len(rows))
-        for row, (number, slices, expected, dice) in enumerate(rows):
+        for row, (number, slices, expected, dice, empty) in enumerate(rows):
+            marked = f"marked empty: {', '.join(str(i) for i in empty)}" if empty else ""
             _set_row(
                 self.history_table,
                 row,
                 (
                     str(number),
                     str(slices),
+                    str(len(empty)),
                     "-" if expected is None else f"{expected.voxels:.0f} vox",
                     "-" if dice is None else f"{dice:.4f}",
                 ),
-                "" if expected is None else expected.text,
+                "; ".join(text for text in ("" if expected is None else expected.text, marked) if text),
             )
         if rows:
             self.history_table.scrollToBottom()
@@ -372,9 +431,12 @@ class AnnotatePanel(QWidget):
         if isinstance(source, Labels):  # ready to paint: the user's Labels layer is the active one
             self.viewer.layers.selection.active = source
         what = "annotate" if suggestion.kind == "annotate" else "check the labels on"
+        helps = self._structures_text(suggestion)
         self.info.setText(
             f"#{row + 1}: {what} slice {suggestion.index} ({AXIS_NAMES[suggestion.axis]} ="
-            f" {suggestion.world_mm:.1f} mm) on '{source.name}', then press Refine"
+            f" {suggestion.world_mm:.1f} mm) on '{source.name}'"
+            + (f" ({helps})" if helps else "")
+            + ", then press Refine (or Mark slice empty if nothing is there)"
         )
 
     def _move_to(self, frame: InputFrame, shape: tuple, axis: int, index: int) -> None:
@@ -414,6 +476,127 @@ class AnnotatePanel(QWidget):
             self.viewer.layers.append(layer)
         self._outlines[frame.source_id] = layer
 
+    # ------------------------------------------------------------------ slices annotated as empty
+
+    def _marks_on(self, source: str, axis: int) -> list[int]:
+        """The marks of input ``source`` along ``axis`` (those along another axis are dropped: they meant others)."""
+        if self.empty_axis.get(source, axis) != axis:
+            self.empty.pop(source, None)
+        self.empty_axis[source] = axis
+        return self.empty.setdefault(source, [])
+
+    def _sync_marks(self, source: str, round_: RoundOutput) -> None:
+        """A new round: the slices it read as annotated empty are marked (a mark already made stays)."""
+        if round_.axis is not None:
+            marks = self._marks_on(source, round_.axis)
+            marks.extend(i for i in round_.annotated_empty if i not in marks)
+
+    def _fill_empty(self, source: str) -> None:
+        self.empty_list.clear()
+        axis = self.empty_axis.get(source, 2)
+        for index in sorted(self.empty.get(source, [])):
+            item = QListWidgetItem(f"{AXIS_NAMES[axis]} {index}")
+            item.setData(Qt.ItemDataRole.UserRole, index)
+            item.setToolTip(f"slice {index} along axis {axis}: annotated as empty (background)")
+            self.empty_list.addItem(item)
+        self.unmark_button.setEnabled(self.empty_list.count() > 0)
+
+    def shown_slice(self, axis: int) -> int | None:
+        """The slice along ``axis`` the viewer shows (2D, that axis on the slider), else the outlined suggestion."""
+        current = self._current()
+        source = self._source_layer()
+        if current is None or source is None:
+            return None
+        dims = self.viewer.dims
+        offset = dims.ndim - 3
+        if dims.ndisplay == 2 and offset + axis in dims.not_displayed:
+            return int(round(float(np.asarray(source.world_to_data(dims.point))[-3 + axis])))
+        outline = self._outlines.get(current.frame.source_id)
+        if outline is not None and outline in self.viewer.layers and outline.visible:
+            outlined_axis, index = outline.metadata.get(TAG, {}).get("slice", (None, None))
+            if outlined_axis == axis:
+                return int(index)
+        return None
+
+    def mark_empty(self, index: int | None = None) -> int | None:
+        """Mark the slice shown (or ``index``) of the slice axis as annotated empty; returns it (None: refused)."""
+        current = self._current()
+        if current is None or self.blocked_reason():
+            return None
+        source_id = current.frame.source_id
+        round_ = self.rounds.get(source_id)
+        if round_ is None or round_.axis is None:
+            return self._say("no slice axis to mark along yet (wait for the suggestions)")
+        axis = round_.axis
+        index = self.shown_slice(axis) if index is None else int(index)
+        if index is None:
+            return self._say(f"show a slice of axis {AXIS_NAMES[axis]} in 2D (or go to a suggestion) to mark it empty")
+        data = np.asarray(layer_to_volume(self._source_layer()).data)
+        if not 0 <= index < data.shape[axis]:
+            return self._say(f"slice {index} is outside the input (axis {AXIS_NAMES[axis]} has {data.shape[axis]})")
+        if self._holds_labels(source_id, np.take(data, index, axis=axis)):
+            return self._say(f"slice {AXIS_NAMES[axis]} {index} holds labels: rub them out first to mark it empty")
+        marks = self._marks_on(source_id, axis)
+        if index in marks:
+            return self._say(f"slice {AXIS_NAMES[axis]} {index} is marked empty already")
+        marks.append(index)
+        self._fill_empty(source_id)
+        self.info.setStyleSheet("")
+        self.info.setText(f"slice {AXIS_NAMES[axis]} {index} marked empty: Refine reads it as background")
+        return index
+
+    def unmark(self) -> list[int]:
+        """Take back the selected marks (the last one made when none is selected); returns the slices unmarked."""
+        current = self._current()
+        if current is None:
+            return []
+        marks = self.empty.get(current.frame.source_id, [])
+        selected = [int(item.data(Qt.ItemDataRole.UserRole)) for item in self.empty_list.selectedItems()]
+        gone = selected or marks[-1:]
+        for index in gone:
+            marks.remove(index)
+        self._fill_empty(current.frame.source_id)
+        if gone:
+            self.info.setStyleSheet("")
+            self.info.setText(f"unmarked slice {', '.join(str(i) for i in sorted(gone))}: read as not annotated again")
+        return gone
+
+    def marks_for(self, source_id: str, volume=None) -> tuple[int, ...]:
+        """The slices of input ``source_id`` marked empty; those that hold labels in ``volume`` now are unmarked."""
+        marks = self.empty.get(source_id, [])
+        axis = self.empty_axis.get(source_id)
+        if volume is not None and axis is not None and marks:
+            data = np.asarray(volume.data)
+            painted = [
+                i for i in marks if i < data.shape[axis] and self._holds_labels(source_id, np.take(data, i, axis=axis))
+            ]
+            for index in painted:
+                marks.remove(index)
+            if painted:
+                self._fill_empty(source_id)
+                self._say(f"slice {', '.join(str(i) for i in painted)} hold labels now: no longer marked empty")
+        return tuple(sorted(marks))
+
+    def _holds_labels(self, source_id: str, plane: np.ndarray) -> bool:
+        """True when a plane of the input holds what the result of ``source_id`` reads as the object."""
+        output = self.widget.results.get(source_id)
+        first = None if output is None else output.request
+        if first is not None and first.image_threshold is not None:
+            return bool((plane >= first.image_threshold).any())
+        if first is not None and isinstance(first.selection, int):  # one label of a label volume
+            return bool((plane == first.selection).any())
+        return bool(plane.any())
+
+    def with_marks(self, source_id: str, config: ReconstructionConfig, volume=None) -> ReconstructionConfig:
+        """``config`` reading input ``source_id``'s slices marked empty as background (a Run keeps the marks)."""
+        marks = self.marks_for(source_id, volume)
+        return dataclasses.replace(config, annotated_empty=marks) if marks else config
+
+    def _say(self, text: str) -> None:
+        self.info.setStyleSheet(WARN_STYLE)
+        self.info.setText(text)
+        return None
+
     # ------------------------------------------------------------------ refine
 
     def request(self) -> RefineRequest:
@@ -426,9 +609,10 @@ class AnnotatePanel(QWidget):
         current = self._current()
         source = self._source_layer()
         widget = self.widget
+        volume = layer_to_volume(source)
         return RefineRequest(
             previous=current,
-            volume=layer_to_volume(source),
+            volume=volume,
             frame=InputFrame.from_layer(source),
             threshold=float(widget.threshold.value()),
             member=int(widget.member.value())
@@ -437,6 +621,7 @@ class AnnotatePanel(QWidget):
             ground_truth=self._truth_volume(),
             names=dict(widget._names.get(current.frame.source_id, {})),
             preview_interval_s=widget.config().preview_interval_s,
+            annotated_empty=self.marks_for(current.frame.source_id, volume),
         )
 
     def refine(self) -> Task | None:

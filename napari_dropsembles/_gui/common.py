@@ -248,8 +248,14 @@ class RunPanel(QWidget):
         self.button.setEnabled(not status.running and not status.blocked)
         self.button.setToolTip(status.blocked or "start (the fields above are read now)")
         self.cancel_button.setEnabled(status.running)
-        self.progress_bar.setValue(int(status.fraction * 1000))
-        self.progress_bar.setFormat(status.progress_text())
+        # QProgressBar.setValue repaints at once when the bar moves a pixel: with a GL canvas in the window
+        # that is a whole-window composition (30-40 ms) per report; updates off, then one ordinary update
+        self.progress_bar.setUpdatesEnabled(False)
+        try:
+            self.progress_bar.setValue(int(status.fraction * 1000))
+            self.progress_bar.setFormat(status.progress_text())
+        finally:
+            self.progress_bar.setUpdatesEnabled(True)
         blocked = status.blocked and not status.running and status.state is not RunState.FAILED
         self.message.setText(f"Run is unavailable: {status.blocked}" if blocked else status.message)
         self.message.setStyleSheet(ERROR_STYLE if status.state is RunState.FAILED else WARN_STYLE if blocked else "")

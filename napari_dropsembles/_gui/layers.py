@@ -181,11 +181,16 @@ def variance_limits(variance: Volume, mesh: Mesh | None = None) -> tuple[float, 
     return 0.0, max(top, 1e-6)
 
 
+# Custom colormaps' names are listed in every image layer's colormap box made after them: a name wider than
+# napari's widest ('twilight shifted') widens the layer-controls dock, which resizes the canvas (a full repaint)
+MESH_COLORMAP, HEATMAP_COLORMAP = "inferno surface", "inferno fade-in"
+
+
 def mesh_colormap():
     """inferno from 25% up: the same colours as the heatmap, but zero variance is not black on a dark canvas."""
     from napari.utils.colormaps import Colormap, ensure_colormap
 
-    return Colormap(ensure_colormap("inferno").map(np.linspace(0.25, 1.0, 64)), name="inferno (surface)")
+    return Colormap(ensure_colormap("inferno").map(np.linspace(0.25, 1.0, 64)), name=MESH_COLORMAP)
 
 
 def heatmap_colormap():
@@ -194,7 +199,7 @@ def heatmap_colormap():
 
     colours = ensure_colormap("inferno").map(np.linspace(0.15, 1.0, 64)).copy()
     colours[:, 3] = np.clip(np.linspace(0.0, 1.0, 64) / 0.35, 0.0, 0.85)
-    return Colormap(colours, name="inferno (fading in)")
+    return Colormap(colours, name=HEATMAP_COLORMAP)
 
 
 def surface_data(mesh: Mesh, frame: InputFrame) -> tuple:
@@ -527,7 +532,7 @@ IN_PLACE = ("scale", "translate", "contrast_limits", "iso_threshold", "name")  #
 PREVIEW_TO_MEAN = ("colormap", "opacity", "blending", "rendering", "visible")
 
 
-def _differs(layer, key: str, value) -> bool:
+def differs(layer, key: str, value) -> bool:
     current = getattr(layer, key, None)
     if key == "colormap" or current is None:
         return True
@@ -551,14 +556,25 @@ def update_in_place(layer, data, kwargs: dict, layer_type: str, keys: tuple[str,
     if "visible" in keys and kwargs.get("visible") is False and layer.visible:
         layer.visible = False  # hidden first: napari does not slice or draw the new data of a hidden layer
     for key in ("scale", "translate"):  # the frame first: the new data is sliced once, in it
-        if key in keys and key in kwargs and _differs(layer, key, kwargs[key]):
+        if key in keys and key in kwargs and differs(layer, key, kwargs[key]):
             setattr(layer, key, kwargs[key])
     layer.data = data
     for key in keys:
-        if key in kwargs and key not in ("scale", "translate") and _differs(layer, key, kwargs[key]):
+        if key in kwargs and key not in ("scale", "translate") and differs(layer, key, kwargs[key]):
             setattr(layer, key, kwargs[key])
     layer.metadata = dict(kwargs["metadata"])
     return True
+
+
+def unproxied(obj):
+    """The napari object behind a plugin's ``PublicOnlyProxy`` (napari hands plugins a proxied viewer whose
+    attributes come back as new proxies: ``viewer.layers.selection.active is active`` is then never true)."""
+    return getattr(obj, "__wrapped__", obj)
+
+
+def active_layer(layer_list):
+    """The active layer of ``layer_list`` itself, not a new proxy of it."""
+    return unproxied(layer_list.selection.active)
 
 
 @contextlib.contextmanager
@@ -571,13 +587,13 @@ def not_activating(layer_list):
     back as it was before they are released, so the controls never change.
     """
     selection = layer_list.selection
-    selected, active = set(selection), selection.active
+    selected, active = set(selection), active_layer(layer_list)
     with selection.events.blocker_all():
         try:
             yield
         finally:
             still = {layer for layer in selected if layer in layer_list}
-            if set(selection) != still or selection.active is not active:
+            if set(selection) != still or active_layer(layer_list) is not active:
                 selection.clear()
                 selection.update(still)
                 if active is not None and active in layer_list:
@@ -591,6 +607,29 @@ def _set_after_creation(layer, role: str) -> None:
         for part in path:
             target = getattr(target, part)
         setattr(target, attribute, value)
+
+
+def _hold_overlays(layer) -> list:
+    """Hide a new layer's own overlays until it is in the viewer; returns those to show again.
+
+    napari builds the visuals of a layer's visible overlays when the layer is added, in the same
+    event-loop turn: for a Labels layer its polygon and brush-stroke outlines, about 20 ms of vispy
+    work under software OpenGL on top of the layer's own 40 ms. Held back, they are built when shown
+    again (:func:`_release_overlays`), in a step of their own. Nothing changes for the user: the
+    overlays draw nothing until a paint tool is used, and the layer is still hidden then.
+    """
+    overlays = getattr(layer, "_overlays", None)  # napari's (private) per-layer overlays
+    if overlays is None or not hasattr(overlays, "values"):
+        return []
+    held = [overlay for overlay in overlays.values() if getattr(overlay, "visible", False)]
+    for overlay in held:
+        overlay.visible = False
+    return held
+
+
+def _release_overlays(held: list) -> None:
+    for overlay in held:
+        overlay.visible = True
 
 
 def colour_bar_when_shown(layer) -> None:
@@ -620,10 +659,11 @@ def place_result_layers(
     """Results of ``source_id`` take the place of the previous ones (updated in place when possible).
 
     A generator of small steps, so that a caller can let the event loop run in between (each step
-    is one repaint's worth of napari work under software OpenGL): a new layer is added hidden (no
-    slicing, no thumbnail, not selected), then shown in a step of its own, then its colour bar. A
-    layer that already exists gets its data in place and keeps the user's visibility. New layers
-    are shown the readable way for ``ndisplay`` (:data:`SHOWN_IN`; default: the viewer's).
+    is one repaint's worth of napari work under software OpenGL): a new layer is made (a step that
+    changes nothing on screen), added hidden (no slicing, no thumbnail, not selected, its own
+    overlays held back), its overlays shown again, and it is shown in a step of its own, then its
+    colour bar. A layer that already exists gets its data in place and keeps the user's visibility.
+    New layers are shown the readable way for ``ndisplay`` (:data:`SHOWN_IN`; default: the viewer's).
     """
     from napari.layers import Layer
 
@@ -650,20 +690,27 @@ def place_result_layers(
         visible = bool(shown.get(role, kwargs.get("visible", True)))
         layer = Layer.create(data, {**kwargs, "visible": False}, layer_type)
         _set_after_creation(layer, role)
-        with not_activating(viewer.layers):
-            if old is not None and old in viewer.layers:
-                index = viewer.layers.index(old)
-                viewer.layers.remove(old)
-                viewer.layers.insert(index, layer)
-            else:
-                viewer.layers.append(layer)
-        placed.append(layer)
-        wants_bar = role in COLOUR_BAR_ROLES and key == role  # not on each structure's mesh: one bar, not N
-        if visible:
-            to_show.append((layer, wants_bar))
-        elif wants_bar:
-            colour_bar_when_shown(layer)
-        yield layer
+        held = _hold_overlays(layer)
+        try:
+            yield None  # made, not yet in the viewer: nothing to repaint (the insert is napari's largest step)
+            with not_activating(viewer.layers):
+                if old is not None and old in viewer.layers:
+                    index = viewer.layers.index(old)
+                    viewer.layers.remove(old)
+                    viewer.layers.insert(index, layer)
+                else:
+                    viewer.layers.append(layer)
+            placed.append(layer)
+            wants_bar = role in COLOUR_BAR_ROLES and key == role  # not on each structure's mesh: one bar, not N
+            if visible:
+                to_show.append((layer, wants_bar))
+            elif wants_bar:
+                colour_bar_when_shown(layer)
+            yield layer
+        finally:  # next step (or when the placing is abandoned): the overlays' visuals, built by napari now
+            _release_overlays(held)
+        if held:
+            yield layer
     for layer, _bar in to_show:  # sliced and drawn for the first time: one layer per step
         layer.visible = True
         yield layer

@@ -51,6 +51,8 @@ from .common import (
 from .layers import (
     TAG,
     InputFrame,
+    active_layer,
+    differs,
     label_colours,
     label_names,
     layer_to_volume,
@@ -187,6 +189,7 @@ class ReconstructWidget(RunnerBacked, QWidget):
         self._remesh_applied = 0
         self._preview_layer = None
         self._preview_restore: dict | None = None  # the previous mean's look while it shows the live preview
+        self._pending_preview = None  # preview data waiting for the next event-loop turn (see _show_preview)
         self._mask_preview = None
         self._frame: InputFrame | None = None
         self._described_input = None  # the input layer the Label choices describe
@@ -270,6 +273,7 @@ class ReconstructWidget(RunnerBacked, QWidget):
         self._coarse_timer = _single_shot(self, 30, partial(self._remesh, False))
         self._fine_timer = _single_shot(self, 250, partial(self._remesh, True))
         self._mask_timer = _single_shot(self, 150, self._update_mask_preview)
+        self._preview_timer = _single_shot(self, PLACE_PAUSE_MS, self._flush_preview)
         self.threshold.valueChanged.connect(self._threshold_changed)
         self.member.valueChanged.connect(self._member_changed)
         known_priors.changed.connect(self._prior_added)
@@ -584,8 +588,8 @@ class ReconstructWidget(RunnerBacked, QWidget):
         volume = layer_to_volume(layer)
         threshold = float(self.image_threshold.value) if self._thresholding() else None
         selection = self.label.value
-        config = self.config()
         frame = InputFrame.from_layer(layer)
+        config = self.annotate.with_marks(frame.source_id, self.config(), volume)  # slices marked empty stay so
         names = self._names.setdefault(frame.source_id, label_names(layer))
         return ReconstructRequest(
             volume=volume,
@@ -654,20 +658,29 @@ class ReconstructWidget(RunnerBacked, QWidget):
             self.viewer.layers.append(self._preview_layer)
 
     def _show_preview(self, preview: Volume) -> None:
+        """The live preview in its layer. Its first report sets the layer's look and frame (the previous mean's
+        look, the preview grid's box) while the layer is still hidden, and its data and first draw come in the
+        next event-loop turn: each is a repaint of its own (two together were a 100-150 ms pause)."""
         from napari.layers import Layer
 
         data, kwargs, layer_type = preview_layer_data(preview, self._frame, float(self.threshold.value()))
         layer = self._preview_layer
         if layer is not None and layer in self.viewer.layers and "affine" not in kwargs:
+            set_up = False
             if role_of(layer) == "mean" and self._preview_restore is None:  # the previous mean shows the preview
                 self._preview_restore = {key: getattr(layer, key) for key in (*PREVIEW_LOOK, *PREVIEW_FRAME)}
                 for key in PREVIEW_LOOK:
-                    if key in kwargs:
+                    if key in kwargs and differs(layer, key, kwargs[key]):
                         setattr(layer, key, kwargs[key])
+                set_up = True
             if not (np.allclose(layer.scale, kwargs["scale"]) and np.allclose(layer.translate, kwargs["translate"])):
                 layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]  # another structure's box
-            layer.data = data
-            layer.visible = True
+                set_up = True
+            self._pending_preview = data
+            if set_up and not (self.sync if self.sync is not None else sync_workers_default()):
+                self._preview_timer.start()
+            else:
+                self._flush_preview()
             return
         self._end_preview(keep_data=False)
         if self.status.running:
@@ -675,9 +688,21 @@ class ReconstructWidget(RunnerBacked, QWidget):
             with not_activating(self.viewer.layers):
                 self.viewer.layers.append(self._preview_layer)
 
+    def _flush_preview(self) -> None:
+        """The pending preview's data into its layer, shown (one slice and one draw)."""
+        data, self._pending_preview = self._pending_preview, None
+        layer = self._preview_layer
+        if data is None or layer is None or layer not in self.viewer.layers or is_deleted(self):
+            return
+        layer.data = data
+        if not layer.visible:
+            layer.visible = True
+
     def _end_preview(self, keep_data: bool) -> None:
         """The run is over: a previous mean that showed the preview gets its look back (and its data, unless
         the new result replaces it); an added preview layer is removed unless it becomes the new mean."""
+        self._preview_timer.stop()
+        self._pending_preview = None
         layer, restore = self._preview_layer, self._preview_restore
         self._preview_layer = self._preview_restore = None
         if layer is None or layer not in self.viewer.layers:
@@ -1067,7 +1092,7 @@ def _label_text(label: int, names: dict[int, str]) -> str:
 @contextlib.contextmanager
 def _keeping_selection(viewer):
     """Layers added inside keep the user's layer selection as it was."""
-    selected, active = set(viewer.layers.selection), viewer.layers.selection.active
+    selected, active = set(viewer.layers.selection), active_layer(viewer.layers)
     try:
         yield
     finally:
@@ -1076,8 +1101,8 @@ def _keeping_selection(viewer):
 
 def _restore_selection(viewer, selected: set, active) -> None:
     still = [layer for layer in selected if layer in viewer.layers]
-    if set(viewer.layers.selection) == set(still) and viewer.layers.selection.active is active:
-        return  # unchanged: touching it would rebuild the layer controls
+    if set(viewer.layers.selection) == set(still) and active_layer(viewer.layers) is active:
+        return  # unchanged: touching it would rebuild the layer controls (twice)
     viewer.layers.selection.clear()
     viewer.layers.selection.update(still)
     if active is not None and active in viewer.layers:

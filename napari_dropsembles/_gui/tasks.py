@@ -31,14 +31,16 @@ from ..core.paths import bundled_prior_path
 from ..core.pipeline import ReconstructionConfig
 from ..core.pretrain import PretrainConfig, pretrain_steps, shapes_from_folder
 from ..core.progress import CancelFlag, Progress, check_cancel, relay
-from ..core.refine import refine_steps
 from ..core.result import Reconstruction
 from ..core.structures import (
     StructureRow,
     StructureSet,
     combine_structures,
     reconstruct_structures_steps,
+    refine_structures_steps,
     structure_masks,
+    structures_expected_error,
+    suggest_structure_slices,
 )
 from ..core.volume import Volume
 from .layers import InputFrame, reconstruction_to_layer_data, structure_meshes, surface_data
@@ -392,79 +394,93 @@ def evaluate_task(request: EvaluateRequest, cancel: CancelFlag) -> Generator[Pro
 class RoundOutput:
     """Where a result stands in the annotate-next loop: what to annotate next and how far from done."""
 
-    suggestions: list[SliceSuggestion]
+    suggestions: list[SliceSuggestion]  # StructureSuggestion (with the labels each helps) for several structures
     expected: ExpectedError | None
-    dice: float | None  # against the ground truth, when one was given
+    dice: float | None  # against the ground truth, when one was given (several structures: mean over labels)
     labelled_slices: int  # slices of the slice axis holding labels
     axis: int | None  # the slice axis
     message: str = ""  # why there are no suggestions
+    annotated_empty: tuple[int, ...] = ()  # slices of the slice axis the round read as annotated empty
 
 
 @dataclass(frozen=True, eq=False)
 class SuggestRequest:
-    result: Reconstruction
+    structures: StructureSet
     ground_truth: Volume | None = None
     threshold: float = 0.5
     n: int = 5
 
 
-def single_result(structures: StructureSet) -> tuple[int, Reconstruction]:
-    """The one structure of a result (the annotate-next loop works on one structure at a time)."""
-    if len(structures.results) != 1:
-        names = ", ".join(str(label) for label in structures.labels)
-        raise InputError(
-            f"the result holds {len(structures.results)} structures ({names}): choose one label in 'Label' and "
-            "run again to annotate it slice by slice"
-        )
-    return next(iter(structures.results.items()))
-
-
-def labelled_slices(observation: Volume, axis: int | None) -> int:
-    """How many slices along ``axis`` hold a label (all axes' planes counted when there is no slice axis)."""
+def labelled_slices(observation: Volume | list[Volume], axis: int | None) -> int:
+    """How many slices along ``axis`` hold a label (in any of the observations given)."""
     if axis is None:
         return 0
-    data = np.asarray(observation.data) > 0
+    observations = observation if isinstance(observation, list) else [observation]
     other = tuple(a for a in range(3) if a != axis)
-    return int(data.any(axis=other).sum())
+    held = np.zeros(observations[0].shape[axis], bool)
+    for volume in observations:
+        held |= (np.asarray(volume.data) > 0).any(axis=other)
+    return int(held.sum())
 
 
-def ground_truth_dice(result: Reconstruction, truth: Volume | None, threshold: float) -> float | None:
-    """Dice of the thresholded mean against a ground truth (resampled onto its grid); None without one."""
+def _truth_mask(truth: Volume, label: int | str = "all") -> np.ndarray:
+    if _is_continuous(np.asarray(truth.data)):
+        return np.asarray(binary_mask_from_volume(truth, threshold=0.5).data) > 0
+    return np.asarray(binary_mask_from_volume(truth, label=label).data) > 0
+
+
+def ground_truth_dice(result: Reconstruction | StructureSet, truth: Volume | None, threshold: float) -> float | None:
+    """Dice of the thresholded mean against a ground truth (resampled onto its grid); None without one.
+
+    Several structures: the mean of each structure's Dice against its label in the ground truth when the
+    ground truth holds every label of the result, else the Dice of their union against all its labels."""
     if truth is None:
         return None
-    continuous = _is_continuous(np.asarray(truth.data))
-    gt = binary_mask_from_volume(truth, threshold=0.5) if continuous else binary_mask_from_volume(truth, label="all")
-    probs, _ = resample_onto(result.maps.mean, truth)
-    return float(dice(probs >= threshold, np.asarray(gt.data) > 0))
+    results = result.results if isinstance(result, StructureSet) else {1: result}
+    per_label = len(results) > 1 and not _is_continuous(np.asarray(truth.data))
+    if per_label and set(results) <= set(list_labels(truth)):
+        scores = []
+        for label, part in sorted(results.items()):
+            probs, _ = resample_onto(part.maps.mean, truth)
+            scores.append(float(dice(probs >= threshold, _truth_mask(truth, label))))
+        return float(np.mean(scores))
+    mean = result.mean if isinstance(result, StructureSet) else result.maps.mean
+    probs, _ = resample_onto(mean, truth)
+    return float(dice(probs >= threshold, _truth_mask(truth)))
 
 
-def round_of(result: Reconstruction, truth: Volume | None, threshold: float, n: int = 5) -> RoundOutput:
-    """Suggestions (best first), the expected error near the surface and the Dice of ``result``."""
-    axis = result.reading.axis if result.reading is not None else None
+def round_of(result: Reconstruction | StructureSet, truth: Volume | None, threshold: float, n: int = 5) -> RoundOutput:
+    """Suggestions (best first; ranked across structures), the expected error near the surface(s) and the Dice."""
+    structures = result if isinstance(result, StructureSet) else combine_structures({1: result})
+    parts = [structures.results[label] for label in structures.labels]
+    first = parts[0]
+    axis = first.reading.axis if first.reading is not None else None
     message = ""
     try:
-        suggestions = suggest_slices(result, n)
+        suggestions = suggest_slices(first, n) if len(parts) == 1 else suggest_structure_slices(structures, n)
     except InputError as error:
         suggestions, message = [], str(error)
+    expected = expected_band_error(first) if len(parts) == 1 else structures_expected_error(structures)
     return RoundOutput(
         suggestions,
-        expected_band_error(result),
-        ground_truth_dice(result, truth, threshold),
-        labelled_slices(result.observation, axis),
+        expected,
+        ground_truth_dice(first if len(parts) == 1 else structures, truth, threshold),
+        labelled_slices([part.observation for part in parts], axis),
         axis,
         message,
+        tuple(first.config.annotated_empty),
     )
 
 
 def suggest_task(request: SuggestRequest, cancel: CancelFlag) -> Generator[Progress, None, RoundOutput]:
     yield Progress("suggest", 0, 1, message="ranking the slices by the error they would remove")
     check_cancel(cancel)
-    return round_of(request.result, request.ground_truth, request.threshold, request.n)
+    return round_of(request.structures, request.ground_truth, request.threshold, request.n)
 
 
 @dataclass(frozen=True, eq=False)
 class RefineRequest:
-    previous: ReconstructOutput  # the result to refine (one structure)
+    previous: ReconstructOutput  # the result to refine (one structure or several)
     volume: Volume  # the observation layer's data now (a copy), with the user's added and corrected slices
     frame: InputFrame
     threshold: float  # the surface level (the slider)
@@ -473,26 +489,31 @@ class RefineRequest:
     steps: int | None = None  # fine-tuning steps of the round (None: core.refine.REFINE_STEPS)
     names: dict[int, str] = field(default_factory=dict)
     preview_interval_s: float = 0.0  # the live preview's interval (0: none)
+    annotated_empty: tuple[int, ...] | None = None  # slices of the slice axis annotated as empty (None: the result's)
 
 
 def refine_task(request: RefineRequest, cancel: CancelFlag) -> Generator[Progress, None, ReconstructOutput]:
-    """One round: the observation read again (as the first run read it), warm-started members, new maps."""
+    """One round: the observation read again (as the first run read it), each structure warm-started from its
+    own members on its own mask (an unchanged structure kept), the layers made as a first run makes them."""
     started = time.perf_counter()
     yield Progress("prepare", 0, 1, message="reading the annotation")
-    label, result = single_result(request.previous.structures)
+    previous = request.previous.structures
     first = request.previous.request
     selection = None if first is None else first.selection
     image_threshold = None if first is None else first.image_threshold
     masks = observation_masks(request.volume, request.frame.name, selection, image_threshold)
-    mask = masks.get(label, next(iter(masks.values())))
+    if len(previous.results) == 1 and len(masks) == 1:  # one structure: its mask, whatever its label
+        masks = {previous.labels[0]: next(iter(masks.values()))}
+    base = previous.results[previous.labels[0]].config
     config = dataclasses.replace(
-        result.config, threshold=float(request.threshold), preview_interval_s=float(request.preview_interval_s)
+        base, threshold=float(request.threshold), preview_interval_s=float(request.preview_interval_s)
     )
+    if request.annotated_empty is not None:
+        config = dataclasses.replace(config, annotated_empty=tuple(request.annotated_empty))
     check_cancel(cancel)
     with one_core_for_the_viewer():
-        refined = yield from refine_steps(result, mask, config, steps=request.steps, cancel=cancel)
+        structures = yield from refine_structures_steps(previous, masks, config, steps=request.steps, cancel=cancel)
     yield Progress("layers", 0, 1, message="building layers")
-    structures = combine_structures({label: refined})
     member = None if request.member is None else min(int(request.member), structures.members - 1)
     layer_data = reconstruction_to_layer_data(
         structures, request.frame, threshold=request.threshold, member=member, names=request.names
@@ -506,5 +527,5 @@ def refine_task(request: RefineRequest, cancel: CancelFlag) -> Generator[Progres
         time.perf_counter() - started,
         request=first,
     )
-    output.round = round_of(refined, request.ground_truth, request.threshold)
+    output.round = round_of(structures, request.ground_truth, request.threshold)
     return output

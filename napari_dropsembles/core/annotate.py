@@ -26,6 +26,7 @@ the predicted surface if the mean is calibrated, ``sum min(p, 1 - p)`` over the 
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +38,7 @@ from .slice_field import SliceReading
 from .volume import Volume
 
 SCORES = ("error", "variance", "mutual_information", "surface")
-DEFAULT_SCORE = "error"  # measured best in bench/annotate_next.py (docs/ANNOTATE.md)
+DEFAULT_SCORE = "error"  # its unit is voxels; the scores tie within noise in bench/annotate_next.py (docs/ANNOTATE.md)
 BAND_VOXELS = 3  # the expected error counts voxels within this many voxels of the predicted surface
 CHECK_SPACING = 3  # crossing slices to check are at least this many slices apart (not a stack of neighbours)
 
@@ -134,11 +135,62 @@ def _reduction(count: int, known: np.ndarray, i: int) -> np.ndarray:
     return out
 
 
-def _world_mm(observation: Volume, axis: int, index: int) -> float:
+def slice_world_mm(observation: Volume, axis: int, index: int) -> float:
+    """Where slice ``index`` of ``axis`` lies along that axis, in world mm (see :class:`SliceSuggestion`)."""
     direction = observation.affine[:3, axis] / observation.spacing[axis]
     centre = (np.array(observation.shape, dtype=float) - 1) / 2
     centre[axis] = index
     return float(observation.index_to_world(centre[None])[0] @ direction)
+
+
+@dataclass
+class SliceErrors:
+    """What a plan needs of one result along its slice axis: each slice's expected error, the slices
+    read as annotated, and those that can be suggested (read as not annotated)."""
+
+    errors: np.ndarray
+    known: np.ndarray
+    gaps: set[int]
+
+    @classmethod
+    def of(cls, result: Reconstruction, score: str = DEFAULT_SCORE) -> SliceErrors:
+        reading = result.reading
+        if reading is None or reading.axis is None:
+            raise InputError("this result has no slice axis to plan slices along")
+        observation, axis = result.observation, int(reading.axis)
+        count = observation.shape[axis]
+        values = result.maps.mean.with_data(_uncertainty(result, score))
+        errors = _plane_sums(values, observation, axis, np.arange(count))
+        return cls(errors, reading.annotated(count), {int(i) for i in reading.gaps})
+
+
+def plan_slices(parts: Mapping[Hashable, SliceErrors], n: int) -> list[tuple[int, dict[Hashable, float]]]:
+    """The best slice, then the best given that one is annotated, and so on (the errors it would remove
+    are taken off first), so that the next few are not neighbours of the first.
+
+    ``parts``: one :class:`SliceErrors` per structure on one slice grid (one for a single result); a
+    slice's score is the sum over the parts it is a gap of. Returns ``(index, {part: score})``, best first.
+    """
+    parts = {k: SliceErrors(p.errors.copy(), np.asarray(p.known), set(p.gaps)) for k, p in parts.items()}
+    count = len(next(iter(parts.values())).errors)
+    left = sorted(set().union(*(p.gaps for p in parts.values())))
+    out: list[tuple[int, dict[Hashable, float]]] = []
+    while left and len(out) < n:
+        reductions = {i: _reduction_by_part(parts, count, i) for i in left}
+        totals = {i: sum(float(parts[k].errors @ r) for k, r in reductions[i].items()) for i in left}
+        best = max(left, key=lambda i: (totals[i], -i))
+        out.append((best, {k: float(parts[k].errors @ r) for k, r in reductions[best].items()}))
+        for k, r in reductions[best].items():
+            part = parts[k]
+            part.errors = part.errors * (1.0 - r)
+            part.known = np.union1d(part.known, [best])
+            part.gaps.discard(best)
+        left.remove(best)
+    return out
+
+
+def _reduction_by_part(parts: Mapping[Hashable, SliceErrors], count: int, i: int) -> dict[Hashable, np.ndarray]:
+    return {k: _reduction(count, p.known, i) for k, p in parts.items() if i in p.gaps}
 
 
 def _foreground_range(result: Reconstruction, axis: int) -> np.ndarray:
@@ -157,24 +209,13 @@ def _foreground_range(result: Reconstruction, axis: int) -> np.ndarray:
     return np.arange(max(0, hit[0] - 1), min(count, hit[-1] + 2))
 
 
-def _annotate(result: Reconstruction, reading: SliceReading, values: Volume, n: int) -> list[SliceSuggestion]:
-    """The best slice, then the best given that one is annotated, and so on (the errors it would
-    remove are taken off first), so that the next few are not neighbours of the first."""
+def _annotate(result: Reconstruction, reading: SliceReading, score: str, n: int) -> list[SliceSuggestion]:
+    """The plan of :func:`plan_slices` for one result."""
     observation, axis = result.observation, int(reading.axis)  # type: ignore[arg-type]
-    count = observation.shape[axis]
-    errors = _plane_sums(values, observation, axis, np.arange(count))
-    known = reading.annotated(count)
-    left = [int(i) for i in reading.gaps]
-    out = []
-    while left and len(out) < n:
-        reductions = {i: _reduction(count, known, i) for i in left}
-        scores = {i: float(errors @ r) for i, r in reductions.items()}
-        best = max(left, key=lambda i: (scores[i], -i))
-        out.append(SliceSuggestion(axis, best, _world_mm(observation, axis, best), scores[best]))
-        errors = errors * (1.0 - reductions[best])
-        known = np.union1d(known, [best])
-        left.remove(best)
-    return out
+    return [
+        SliceSuggestion(axis, index, slice_world_mm(observation, axis, index), scores[0])
+        for index, scores in plan_slices({0: SliceErrors.of(result, score)}, n)
+    ]
 
 
 def _check(result: Reconstruction, axes: list[int], values: Volume, n: int) -> list[SliceSuggestion]:
@@ -184,7 +225,7 @@ def _check(result: Reconstruction, axes: list[int], values: Volume, n: int) -> l
         indices = _foreground_range(result, axis)
         sums = _plane_sums(values, result.observation, axis, indices)
         found += [
-            SliceSuggestion(axis, int(i), _world_mm(result.observation, axis, int(i)), float(s), "check")
+            SliceSuggestion(axis, int(i), slice_world_mm(result.observation, axis, int(i)), float(s), "check")
             for i, s in zip(indices, sums, strict=True)
         ]
     found.sort(key=lambda s: (-s.score, s.axis, s.index))
@@ -223,7 +264,7 @@ def suggest_slices(
     if axis is None or axis == reading.axis:
         slice_axis = int(reading.axis if axis is None else axis)  # type: ignore[arg-type]
         if len(reading.gaps):
-            return _annotate(result, reading, values, n)
+            return _annotate(result, reading, score, n)
         if reading.sparse:
             return _check(result, [slice_axis], values, n)
         return _check(result, [a for a in range(3) if a != slice_axis], values, n)

@@ -26,7 +26,8 @@ from .errors import InputError
 
 RESULT_FILE = re.compile(  # maps, segmentations and meshes in any output format (core/formats/outputs)
     r"^(mean|variance|entropy|mutual_information|segmentation|probability|mesh|mesh_member\d+)\.[a-z0-9.]+$"
-    r"|^report\.json$|^members\.safetensors$|^suggestions\.json$",
+    r"|^report\.json$|^members\.safetensors$|^suggestions\.json$"
+    r"|^structures\.json$|^label\d+$",  # several structures (core/structures): the index, a folder per label
     re.IGNORECASE,
 )
 _TMP_TAG = ".dropsembles-tmp-"

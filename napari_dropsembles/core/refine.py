@@ -11,8 +11,10 @@ so a viewer updates its layers in place.
 
 The warm-start state lives in the result folder as ``members.safetensors`` (no pickle, written
 atomically): the members' fine-tuned decoder weights and masks; in its metadata the method, the
-config, the frame, the output grid, the annotation axis and a fingerprint of the prior, checked
-when read back (:func:`read_warm_start`), so ``reconstruct --resume`` never mixes priors.
+config, the frame, the output grid, the annotation axis, a fingerprint of the prior, checked
+when read back (:func:`read_warm_start`), so ``reconstruct --resume`` never mixes priors, and a digest
+of the observation mask it was fitted on (:func:`mask_digest`: a refinement of several structures
+keeps a structure whose mask did not change, core/structures).
 """
 
 from __future__ import annotations
@@ -58,7 +60,24 @@ KEEP_FRAME_MARGIN = 0.02  # keep the frame while the foreground stays this far i
 
 Grid = tuple[np.ndarray, tuple[int, int, int]]
 
-__all__ = ["MEMBERS", "REFINE_STEPS", "WarmStart", "read_warm_start", "refine", "refine_steps", "save_members"]
+__all__ = [
+    "MEMBERS",
+    "REFINE_STEPS",
+    "WarmStart",
+    "mask_digest",
+    "read_warm_start",
+    "refine",
+    "refine_steps",
+    "save_members",
+]
+
+
+def mask_digest(observation) -> str:
+    """A short hash of a mask's foreground voxels and its grid (shape and affine): tells an unchanged mask."""
+    data = np.asarray(observation.data) > 0
+    digest = hashlib.sha256(json.dumps([list(data.shape), np.round(observation.affine, 6).tolist()]).encode())
+    digest.update(np.packbits(data, axis=None).tobytes())
+    return digest.hexdigest()[:16]
 
 
 @dataclass(eq=False)
@@ -75,6 +94,7 @@ class WarmStart:
     default_grid: bool  # the grid is the default one of its frame: it follows the frame when that grows
     annotation_axis: int | None  # the sparse annotation axis the first round read (kept from round to round)
     rounds: int = 0
+    observation_digest: str = ""  # mask_digest of the observation the members were fitted on ('' unknown)
 
     @classmethod
     def from_result(cls, result: Reconstruction) -> WarmStart:
@@ -93,6 +113,7 @@ class WarmStart:
             default_grid=_same_grid(grid, output_grid(fitted, result.observation, result.config.resolution_mm)),
             annotation_axis=_sparse_axis(result),
             rounds=result.rounds,
+            observation_digest=mask_digest(result.observation),
         )
 
 
@@ -286,6 +307,7 @@ def save_members(result: Reconstruction, path: str | Path) -> Path:
         "rounds": str(result.rounds),
         "prior": result.prior_name,
         "prior_fingerprint": "" if result.prior is None else prior_fingerprint(result.prior),
+        "observation_digest": mask_digest(result.observation),
     }
     atomic_write_bytes(path, save_bytes(tensors, metadata=metadata))
     return path
@@ -384,4 +406,5 @@ def read_warm_start(folder: str | Path, prior: Prior) -> WarmStart:
         default_grid=bool(grid_data.get("default", False)),
         annotation_axis=axis if axis in (0, 1, 2) else None,
         rounds=rounds,
+        observation_digest=str(meta.get("observation_digest", "")),
     )
