@@ -318,7 +318,10 @@ def test_resume_errors_are_one_line(tmp_path, sparse_files, capsys):
     (first / "members.safetensors").write_bytes(raw[: len(raw) // 2])
     assert "corrupt" in error(first) or "truncated" in error(first)
     (first / "members.safetensors").write_bytes(b"junk")
-    assert "truncated or not a safetensors file" in error(first)
+    message = error(first)
+    assert "too short to be a safetensors file" in message and "rerun reconstruct" in message
+    (first / "members.safetensors").write_bytes(b"\xff" * 64)
+    assert "truncated or not a safetensors file; rerun reconstruct" in error(first)
 
 
 def test_pretrain_init_starts_from_a_prior_and_names_a_missing_one(tmp_path, capsys):

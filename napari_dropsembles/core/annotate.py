@@ -253,18 +253,20 @@ def suggest_slices(
         raise InputError(f"the number of suggestions must be a positive integer, got {n!r}")
     if axis is not None and axis not in (0, 1, 2):
         raise InputError(f"the suggestion axis must be 0, 1 or 2, got {axis!r}")
+    if score not in SCORES:
+        raise InputError(f"unknown suggestion score {score!r}; choose one of {', '.join(SCORES)}")
     reading = result.reading if result.reading is not None else SliceReading(None)
-    values = result.maps.mean.with_data(_uncertainty(result, score))
     if reading.axis is None and axis is None:
         raise InputError(
             "the observation has no slice axis (no thick axis, and no empty slices between labelled ones along "
             "one axis); give the annotation axis ({{annotation_axis}}) or a suggestion axis"
         )
     n = int(n)
+    if (axis is None or axis == reading.axis) and len(reading.gaps):
+        return _annotate(result, reading, score, n)
+    values = result.maps.mean.with_data(_uncertainty(result, score))
     if axis is None or axis == reading.axis:
         slice_axis = int(reading.axis if axis is None else axis)  # type: ignore[arg-type]
-        if len(reading.gaps):
-            return _annotate(result, reading, score, n)
         if reading.sparse:
             return _check(result, [slice_axis], values, n)
         return _check(result, [a for a in range(3) if a != slice_axis], values, n)

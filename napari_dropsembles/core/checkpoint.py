@@ -102,23 +102,28 @@ def save_prior(prior: Prior, path: str | Path) -> Path:
     return path
 
 
-def _read_metadata(raw: bytes, path: Path) -> dict[str, str]:
-    """The string metadata of a safetensors file (its first 8 bytes give the JSON header's length)."""
+def read_metadata(raw: bytes, path: Path, what: str = "prior", remedy: str = "") -> dict[str, str]:
+    """The string metadata of a safetensors file (its first 8 bytes give the JSON header's length).
+
+    A file that is not one is a :class:`CheckpointError` naming ``what`` it should have been, ending
+    with ``remedy`` (e.g. "; rerun reconstruct to write it again").
+    """
     if len(raw) < 8:
-        raise CheckpointError(f"{path} is not a prior: the file is too short to be a safetensors file")
+        raise CheckpointError(f"{path} is not a {what}: the file is too short to be a safetensors file{remedy}")
     size = int.from_bytes(raw[:8], "little")
     if size <= 0 or 8 + size > len(raw):
-        raise CheckpointError(f"{path} is not a valid prior: truncated or not a safetensors file")
+        raise CheckpointError(f"{path} is not a valid {what}: truncated or not a safetensors file{remedy}")
     try:
         header = json.loads(raw[8 : 8 + size])
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise CheckpointError(f"{path} is not a valid prior: unreadable header ({one_line(error, 120)})") from None
+        problem = one_line(error, 120)
+        raise CheckpointError(f"{path} is not a valid {what}: unreadable header ({problem}){remedy}") from None
     if not isinstance(header, dict):
         kind = type(header).__name__
-        raise CheckpointError(f"{path} is not a valid prior: its header is a JSON {kind}, not an object")
+        raise CheckpointError(f"{path} is not a valid {what}: its header is a JSON {kind}, not an object{remedy}")
     meta = header.get("__metadata__") or {}
     if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
-        raise CheckpointError(f"{path} is not a valid prior: its metadata must map names to strings")
+        raise CheckpointError(f"{path} is not a valid {what}: its metadata must map names to strings{remedy}")
     return meta
 
 
@@ -189,7 +194,7 @@ def load_prior(path: str | Path | None = None) -> Prior:
         raise CheckpointError(f"{path}: cannot be read ({one_line(error.strerror or error)})") from None
     except InputError as error:
         raise CheckpointError(str(error)) from None
-    meta = _read_metadata(raw, path)
+    meta = read_metadata(raw, path)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a safetensors file but not a napari-dropsembles prior")
     if meta.get("format_version") != str(FORMAT_VERSION):

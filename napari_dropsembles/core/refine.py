@@ -35,7 +35,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from .. import __version__
-from .checkpoint import Prior
+from .checkpoint import Prior, read_metadata
 from .chunking import autocast
 from .config import FinetuneConfig, ReconstructionConfig
 from .device import resolve_device
@@ -328,13 +328,7 @@ def config_from_dict(data: object) -> ReconstructionConfig:
 
 
 def _metadata(raw: bytes, path: Path) -> dict[str, str]:
-    size = int.from_bytes(raw[:8], "little") if len(raw) >= 8 else -1
-    if size <= 0 or 8 + size > len(raw):
-        raise CheckpointError(f"{path} is truncated or not a safetensors file; rerun reconstruct to write it again")
-    try:
-        meta = json.loads(raw[8 : 8 + size]).get("__metadata__") or {}
-    except (UnicodeDecodeError, ValueError, AttributeError, RecursionError):
-        raise CheckpointError(f"{path} has an unreadable header; rerun reconstruct to write it again") from None
+    meta = read_metadata(raw, path, "members file", "; rerun reconstruct to write it again")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not the members file of a reconstruction")
     if meta.get("format_version") != str(FORMAT_VERSION):
