@@ -120,6 +120,19 @@ def settle(app, seconds: float = 0.3) -> float:
     return until
 
 
+def wait_for_run(app, widget, task) -> float | None:
+    """Run the event loop until the widget's run is over; returns when its computation ended (None: never)."""
+    from napari_dropsembles._gui.state import RunState
+
+    done = None
+    while widget.status.state is RunState.RUNNING:
+        app.processEvents()
+        if done is None and task.outcome is not None:
+            done = time.perf_counter()
+        time.sleep(0.001)
+    return done
+
+
 def summary(gaps: np.ndarray) -> dict:
     if not len(gaps):
         return {"ticks": 0}
@@ -280,12 +293,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     task = widget.run()
     run_call_ms = 1000 * (time.perf_counter() - started)  # pressing Run: the main thread's own work
-    computing_done = None
-    while widget.status.state is RunState.RUNNING:
-        app.processEvents()
-        if computing_done is None and task.outcome is not None:
-            computing_done = time.perf_counter()
-        time.sleep(0.001)
+    computing_done = wait_for_run(app, widget, task)
     placed = time.perf_counter()
     settled = settle(app)  # the repaint after the last layer is part of placing them
     if profiler is not None:
@@ -299,14 +307,8 @@ def main(argv=None) -> int:
     drag_start = time.perf_counter()
     for value in np.linspace(0.5, 0.2, 20):
         widget.threshold.setValue(float(value))
-        until = time.perf_counter() + 0.03
-        while time.perf_counter() < until:
-            app.processEvents()
-            time.sleep(0.001)
-    until = time.perf_counter() + 1.5
-    while time.perf_counter() < until:
-        app.processEvents()
-        time.sleep(0.001)
+        settle(app, 0.03)
+    settle(app, 1.5)
     drag_stop = time.perf_counter()
     first_placements = list(placements)
     reruns = []
@@ -318,12 +320,7 @@ def main(argv=None) -> int:
         again = time.perf_counter()
         rerun_task = start()
         rerun_call_ms = 1000 * (time.perf_counter() - again)
-        rerun_done = None
-        while widget.status.state is RunState.RUNNING:
-            app.processEvents()
-            if rerun_done is None and rerun_task.outcome is not None:
-                rerun_done = time.perf_counter()
-            time.sleep(0.001)
+        rerun_done = wait_for_run(app, widget, rerun_task)
         rerun_placed = time.perf_counter()
         rerun_settled = settle(app)
         reruns.append(
