@@ -238,6 +238,16 @@ def _check(result: Reconstruction, axes: list[int], values: Volume, n: int) -> l
     return out
 
 
+def check_suggestion_request(n: object, axis: object, score: object) -> None:
+    """A one-line InputError unless ``n`` is a positive integer, ``axis`` None or 0-2 and ``score`` one of SCORES."""
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+        raise InputError(f"the number of suggestions must be a positive integer, got {n!r}")
+    if axis is not None and axis not in (0, 1, 2):
+        raise InputError(f"the suggestion axis must be 0, 1 or 2, got {axis!r}")
+    if score not in SCORES:
+        raise InputError(f"unknown suggestion score {score!r}; choose one of {', '.join(SCORES)}")
+
+
 def suggest_slices(
     result: Reconstruction, n: int = 5, *, axis: int | None = None, score: str = DEFAULT_SCORE
 ) -> list[SliceSuggestion]:
@@ -249,12 +259,7 @@ def suggest_slices(
     slices nobody annotated along it, else (all annotated) crossing slices to check. Another ``axis``:
     crossing slices along it to check. ``score``: one of :data:`SCORES`.
     """
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-        raise InputError(f"the number of suggestions must be a positive integer, got {n!r}")
-    if axis is not None and axis not in (0, 1, 2):
-        raise InputError(f"the suggestion axis must be 0, 1 or 2, got {axis!r}")
-    if score not in SCORES:
-        raise InputError(f"unknown suggestion score {score!r}; choose one of {', '.join(SCORES)}")
+    check_suggestion_request(n, axis, score)
     reading = result.reading if result.reading is not None else SliceReading(None)
     if reading.axis is None and axis is None:
         raise InputError(

@@ -44,6 +44,7 @@ from .annotate import (
     ExpectedError,
     SliceErrors,
     SliceSuggestion,
+    check_suggestion_request,
     expected_band_error,
     plan_slices,
     slice_world_mm,
@@ -484,10 +485,7 @@ def suggest_structure_slices(
         return [
             StructureSuggestion(**asdict(s), labels=(label,)) for s in suggest_slices(result, n, axis=axis, score=score)
         ]
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-        raise InputError(f"the number of suggestions must be a positive integer, got {n!r}")
-    if axis is not None and axis not in (0, 1, 2):
-        raise InputError(f"the suggestion axis must be 0, 1 or 2, got {axis!r}")
+    check_suggestion_request(n, axis, score)
     readings = {k: r.reading for k, r in results.items() if r.reading is not None and r.reading.axis is not None}
     axes = {int(reading.axis) for reading in readings.values() if len(reading.gaps)}
     slice_axis = axis if axis is not None else (min(axes) if axes else None)
