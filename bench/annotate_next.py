@@ -13,7 +13,7 @@ from that start is shared; then, round after round, the annotator draws the true
 - ``random``: a slice not annotated, at random (seeded),
 
 and the result is refined (warm start, :func:`refine`). After each round: Dice and band ECE on the
-dense truth (core/evaluate.score_maps), and the stopping signal (:func:`expected_band_error`)
+dense truth (core/scoring/evaluate.score_maps), and the stopping signal (:func:`expected_band_error`)
 beside the true count of mislabelled voxels in the same band. The reference is a full
 reconstruction from every 2nd slice. Also the refine time table on the bundled sample (fit, maps,
 mesh, total). Writes docs/annotate_next.json, docs/ANNOTATE.md and docs/figures/annotate_next.png.
@@ -35,7 +35,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_dropsembles.core.annotate import (
+from napari_dropsembles.core.config.configs import ReconstructionConfig
+from napari_dropsembles.core.config.paths import bundled_sample_paths
+from napari_dropsembles.core.data.simulate import simulate_volumes
+from napari_dropsembles.core.io.volumes import read_volume
+from napari_dropsembles.core.jobs.reconstruct import reconstruct
+from napari_dropsembles.core.jobs.refine import REFINE_STEPS, refine
+from napari_dropsembles.core.jobs.suggest import (
     BAND_VOXELS,
     DEFAULT_SCORE,
     SCORES,
@@ -43,14 +49,10 @@ from napari_dropsembles.core.annotate import (
     expected_band_error,
     suggest_slices,
 )
-from napari_dropsembles.core.checkpoint import load_prior
-from napari_dropsembles.core.evaluate import score_maps
-from napari_dropsembles.core.io import binary_mask_from_volume, read_volume
-from napari_dropsembles.core.paths import bundled_sample_paths
-from napari_dropsembles.core.pipeline import ReconstructionConfig, reconstruct
-from napari_dropsembles.core.refine import REFINE_STEPS, refine
-from napari_dropsembles.core.simulate import simulate_volumes
-from napari_dropsembles.core.volume import Volume
+from napari_dropsembles.core.networks.checkpoint import load_prior
+from napari_dropsembles.core.scoring.evaluate import score_maps
+from napari_dropsembles.core.volumes.masks import binary_mask_from_volume
+from napari_dropsembles.core.volumes.volume import Volume
 
 DATA = Path(__file__).parent / "data" / "real"
 VERTEBRAE = ("vertebrae_L1", "vertebrae_L2", "vertebrae_L3", "vertebrae_L4", "vertebrae_L5", "vertebrae_T12")
@@ -393,7 +395,7 @@ NOTES = """## How it works, and its limits
   annotation axis: its empty slices between labelled ones, and up to one annotation step beyond the first
   and last labelled slice, are not annotated (no labels, distances interpolated across), the slice one
   step beyond is read as the empty one, and the object is taken to end halfway to it
-  (`core/slice_field._cap_ends`; before, the far distance of an empty slice ended it right after the last
+  (`core/slices/slice_field._cap_ends`; before, the far distance of an empty slice ended it right after the last
   labelled slice and the ends were confidently wrong). The shape-based, linear and nearest baselines read
   the same gaps. A slice the annotator looked at and found empty must be marked (`annotated_empty`,
   `--annotated-empty`): an empty slice is otherwise read as not annotated. Thick-slice inputs are read as

@@ -5,7 +5,7 @@ The cases and the start are those of ``bench/annotate_next.py`` (every 4th slice
 - **One step.** From the start, every slice that could be drawn (within the object, plus one) is drawn
   in turn and the result refined; its Dice gain is the truth of what that slice is worth. Each rule
   picks one slice and the table gives the mean gain of its picks, the regret to the best slice and the
-  rank correlation of its score with the gains. Rules: the suggestion's scores (core/annotate), the
+  rank correlation of its score with the gains. Rules: the suggestion's scores (core/jobs/suggest), the
   largest gap, and two bench-only terms: ``interpolation`` (the annotations alone: the voxels that
   differ between the annotated neighbours, spread like a Brownian bridge pinned at both) and
   ``error + interpolation``; ``true error`` uses the truth's per-slice errors (an oracle on errors,
@@ -47,10 +47,10 @@ from bench.annotate_next import (
     start_slices,
     suggested,
 )
-from napari_dropsembles.core.annotate import SliceErrors, _reduction
-from napari_dropsembles.core.checkpoint import load_prior
-from napari_dropsembles.core.pipeline import reconstruct
-from napari_dropsembles.core.refine import refine
+from napari_dropsembles.core.jobs.reconstruct import reconstruct
+from napari_dropsembles.core.jobs.refine import refine
+from napari_dropsembles.core.jobs.suggest import SliceErrors, _reduction
+from napari_dropsembles.core.networks.checkpoint import load_prior
 
 MODEL_SCORES = ("error", "variance", "mutual_information", "surface")
 

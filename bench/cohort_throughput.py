@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 from napari_dropsembles.core.cohort import plan_tasks, read_manifest, run_cohort  # noqa: E402
 from napari_dropsembles.core.cohort.runner import start_local_cluster  # noqa: E402
-from napari_dropsembles.core.config import ReconstructionConfig  # noqa: E402
-from napari_dropsembles.core.simulate import simulate_case  # noqa: E402
+from napari_dropsembles.core.config.configs import ReconstructionConfig  # noqa: E402
+from napari_dropsembles.core.data.simulate import simulate_case  # noqa: E402
 
 PHASES = ("prepare_s", "finetune_s", "predict_s", "mesh_s", "evaluate_s")
 

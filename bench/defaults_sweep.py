@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_dropsembles.core.checkpoint import load_prior
-from napari_dropsembles.core.config import FinetuneConfig, ReconstructionConfig
-from napari_dropsembles.core.evaluate import score_maps
-from napari_dropsembles.core.pipeline import reconstruct
-from napari_dropsembles.core.simulate import simulate_volumes
+from napari_dropsembles.core.config.configs import FinetuneConfig, ReconstructionConfig
+from napari_dropsembles.core.data.simulate import simulate_volumes
+from napari_dropsembles.core.jobs.reconstruct import reconstruct
+from napari_dropsembles.core.networks.checkpoint import load_prior
+from napari_dropsembles.core.scoring.evaluate import score_maps
 
 KEYS = ("dice", "ece", "ece_band", "nll", "auroc", "auroc_band")
 

@@ -43,10 +43,10 @@ def untrained_prior(path: Path) -> Path:
     """A prior with the default architecture and random weights (same compute as a trained one)."""
     import torch
 
-    from napari_dropsembles.core.checkpoint import PretrainedModel, Prior, save_prior
-    from napari_dropsembles.core.config import ModelConfig
-    from napari_dropsembles.core.ensemble import EnsembleDecoder
-    from napari_dropsembles.core.model import VoxelEncoder
+    from napari_dropsembles.core.config.configs import ModelConfig
+    from napari_dropsembles.core.networks.checkpoint import PretrainedModel, Prior, save_prior
+    from napari_dropsembles.core.networks.ensemble import EnsembleDecoder
+    from napari_dropsembles.core.networks.model import VoxelEncoder
 
     config = ModelConfig()
     torch.manual_seed(0)
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
     from qtpy.QtWidgets import QApplication
 
     from napari_dropsembles._gui.state import RunState
-    from napari_dropsembles.core.paths import bundled_prior_path
+    from napari_dropsembles.core.config.paths import bundled_prior_path
 
     register_plugin()
     prior = args.prior

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_dropsembles.core.checkpoint import load_prior
-from napari_dropsembles.core.evaluate import score_baselines, score_maps
-from napari_dropsembles.core.pipeline import ReconstructionConfig, reconstruct
-from napari_dropsembles.core.simulate import simulate_volumes
+from napari_dropsembles.core.config.configs import ReconstructionConfig
+from napari_dropsembles.core.data.simulate import simulate_volumes
+from napari_dropsembles.core.jobs.reconstruct import reconstruct
+from napari_dropsembles.core.networks.checkpoint import load_prior
+from napari_dropsembles.core.scoring.evaluate import score_baselines, score_maps
 
 KEYS = ("dice", "hd95_mm", "ece", "ece_band", "nll", "brier", "auroc", "auroc_band")
 

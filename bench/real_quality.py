@@ -21,13 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_dropsembles.core.checkpoint import load_prior
+from napari_dropsembles.core.config.configs import ReconstructionConfig
 from napari_dropsembles.core.data.slicing import keep_every_kth_slice
-from napari_dropsembles.core.evaluate import score_baselines, score_maps
-from napari_dropsembles.core.io import read_volume
-from napari_dropsembles.core.metrics import surface_band
-from napari_dropsembles.core.pipeline import ReconstructionConfig, reconstruct
-from napari_dropsembles.core.volume import Volume
+from napari_dropsembles.core.io.volumes import read_volume
+from napari_dropsembles.core.jobs.reconstruct import reconstruct
+from napari_dropsembles.core.networks.checkpoint import load_prior
+from napari_dropsembles.core.scoring.evaluate import score_baselines, score_maps
+from napari_dropsembles.core.scoring.metrics import surface_band
+from napari_dropsembles.core.volumes.volume import Volume
 
 DATA = Path(__file__).parent / "data" / "real"
 PRIOR = Path(__file__).parents[1] / "sample_data" / "lumbar_vertebra_prior.safetensors"

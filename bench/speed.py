@@ -42,27 +42,23 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from napari_dropsembles.core import chunking, fused_decoder  # noqa: E402
-from napari_dropsembles.core.checkpoint import load_prior  # noqa: E402
-from napari_dropsembles.core.config import FinetuneConfig, ReconstructionConfig  # noqa: E402
-from napari_dropsembles.core.ensemble import EnsembleDecoder, sample_member_masks  # noqa: E402
-from napari_dropsembles.core.finetune import finetune_steps  # noqa: E402
-from napari_dropsembles.core.frame import make_case  # noqa: E402
-from napari_dropsembles.core.fused_decoder import FastEnsembleDecoder  # noqa: E402
-from napari_dropsembles.core.io import binary_mask_from_volume, read_volume  # noqa: E402
-from napari_dropsembles.core.mesh import IsoSurface, extract_mesh  # noqa: E402
-from napari_dropsembles.core.methods import fit_steps  # noqa: E402
-from napari_dropsembles.core.model import sample_features  # noqa: E402
-from napari_dropsembles.core.paths import bundled_prior_path, bundled_sample_paths  # noqa: E402
-from napari_dropsembles.core.predict import (  # noqa: E402
-    MAP_NAMES,
-    EnsembleMaps,
-    ensemble_statistics,
-    grid_points_mm,
-    predict_grid_steps,
-    run_to_end,
-)
-from napari_dropsembles.core.volume import Volume  # noqa: E402
+from napari_dropsembles.core.config.configs import FinetuneConfig, ReconstructionConfig  # noqa: E402
+from napari_dropsembles.core.config.paths import bundled_prior_path, bundled_sample_paths  # noqa: E402
+from napari_dropsembles.core.fitting.case import make_case  # noqa: E402
+from napari_dropsembles.core.fitting.finetune import finetune_steps  # noqa: E402
+from napari_dropsembles.core.fitting.methods import fit_steps  # noqa: E402
+from napari_dropsembles.core.io.volumes import read_volume  # noqa: E402
+from napari_dropsembles.core.networks import chunking, fused_decoder  # noqa: E402
+from napari_dropsembles.core.networks.checkpoint import load_prior  # noqa: E402
+from napari_dropsembles.core.networks.ensemble import EnsembleDecoder, sample_member_masks  # noqa: E402
+from napari_dropsembles.core.networks.fused_decoder import FastEnsembleDecoder  # noqa: E402
+from napari_dropsembles.core.networks.model import sample_features  # noqa: E402
+from napari_dropsembles.core.querying.dense import grid_points_mm, run_to_end  # noqa: E402
+from napari_dropsembles.core.querying.isosurface import IsoSurface, extract_mesh  # noqa: E402
+from napari_dropsembles.core.querying.maps import MAP_NAMES, EnsembleMaps, ensemble_statistics  # noqa: E402
+from napari_dropsembles.core.querying.predict import predict_grid_steps  # noqa: E402
+from napari_dropsembles.core.volumes.masks import binary_mask_from_volume  # noqa: E402
+from napari_dropsembles.core.volumes.volume import Volume  # noqa: E402
 
 # --------------------------------------------------------------------------- helpers
 
@@ -73,12 +69,12 @@ CHUNK_NOTES = [  # measured with this script; moved here from the chunking/evalu
         'members x 64 units are 67 MB per activation tensor, far beyond the caches). In the batched backward,'
         ' `select` zero-filled the full stacked gradient for every block and member: about a quarter of a '
         'training step, which the fused hand-written backward avoids. The chunk is chosen once per query, in '
-        '`core/predict` (and for the held-out loss in `core/finetune`); the decoder itself never splits a '
-        'call.'
+        '`core/querying/predict` (and for the held-out loss in `core/fitting/finetune`); the decoder itself '
+        'never splits a call.'
     ),
     "",
     (
-        'Scoring against a ground truth (`core/evaluate.compare_steps`) queries adaptively with a stricter '
+        'Scoring against a ground truth (`core/scoring/evaluate.compare_steps`) queries adaptively with a stricter '
         'variance tolerance (1e-5, because AUROC ranks even tiny variances): on the bundled case 2.7x fewer '
         "network queries than dense (3.6 s -> 1.2 s), every metric equal to the dense query's to 1e-7 (1e-4 "
         'on a barely trained test prior).'
@@ -148,9 +144,9 @@ def machine() -> dict:
 @contextlib.contextmanager
 def before_the_speed_work():
     """The code paths as they were: bmm formulation everywhere and 65536-point decoder calls."""
-    import napari_dropsembles.core.finetune as finetune
-    import napari_dropsembles.core.fitted as fitted
-    import napari_dropsembles.core.predict as predict
+    import napari_dropsembles.core.fitting.finetune as finetune
+    import napari_dropsembles.core.fitting.fitted as fitted
+    import napari_dropsembles.core.querying.dense as predict
 
     saved = fused_decoder.choose_formulation, fitted.choose_chunk, predict.choose_chunk, finetune.choose_chunk
     fused_decoder.choose_formulation = lambda device: "batched"
@@ -269,9 +265,12 @@ def bench_finetune(prior, case, steps: int, repeats: int, peak: float) -> dict:
     return rows
 
 
-def bench_cuda(prior, case, steps: int) -> dict | None:
-    if not torch.cuda.is_available():
+def bench_cuda(prior, case, steps: int, device: str = "cuda") -> dict | None:
+    """Fine-tuning M=1 and M=4 per precision on the GPU (``device="cpu"``: the same rows on the CPU, a dry
+    run of bench/gpu_check.py)."""
+    if device == "cuda" and not torch.cuda.is_available():
         return None
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     out = {}
     for precision in chunking.PRECISIONS:
         times = {}
@@ -282,11 +281,11 @@ def bench_cuda(prior, case, steps: int) -> dict | None:
                 finetune=FinetuneConfig(steps=steps),
                 precision=precision,
             )
-            run_to_end(fit_steps(case, prior, config, device="cuda"))  # warm-up
-            torch.cuda.synchronize()
+            run_to_end(fit_steps(case, prior, config, device=device))  # warm-up
+            sync()
             started = time.perf_counter()
-            run_to_end(fit_steps(case, prior, config, device="cuda"))
-            torch.cuda.synchronize()
+            run_to_end(fit_steps(case, prior, config, device=device))
+            sync()
             times[members] = time.perf_counter() - started
         out[precision] = {"M=1 s": times[1], "M=4 s": times[4], "M=4 / M=1": times[4] / times[1]}
     return out
@@ -528,7 +527,8 @@ import os, sys, threading, time, tracemalloc, torch
 torch.set_num_threads(1)
 sys.path.insert(0, {root!r})
 import functools
-from napari_dropsembles.core.predict import predict_grid_steps, run_to_end
+from napari_dropsembles.core.querying.dense import run_to_end
+from napari_dropsembles.core.querying.predict import predict_grid_steps
 page = os.sysconf("SC_PAGE_SIZE")
 def rss():
     with open("/proc/self/statm") as fh:
@@ -631,8 +631,9 @@ def bench_demo(prior_path: Path | None) -> dict:
 
 def demo_before_in_process(prior, observation) -> dict:
     """The demo's work (reconstruct 126^3 + evaluate on the GT grid + save) with the previous paths."""
-    from napari_dropsembles.core.evaluate import compare_steps
-    from napari_dropsembles.core.pipeline import ReconstructionConfig, reconstruct
+    from napari_dropsembles.core.config.configs import ReconstructionConfig
+    from napari_dropsembles.core.jobs.reconstruct import reconstruct
+    from napari_dropsembles.core.scoring.evaluate import compare_steps
 
     sample = bundled_sample_paths()
     ground_truth = binary_mask_from_volume(read_volume(sample["ground_truth"]), threshold=0.5)
@@ -848,7 +849,7 @@ def write_markdown(path: Path, results: dict, markdown: str) -> None:
     lines += [
         "",
         "`fused` is chosen on the CPU, `batched` (one `baddbmm` per layer for all members, autocast-friendly) "
-        "on CUDA; see `napari_dropsembles/core/fused_decoder.py`.",
+        "on CUDA; see `napari_dropsembles/core/networks/fused_decoder.py`.",
         "",
         "## Points per decoder call (CPU, M=4, no grad, 65536 points in total)",
         "",

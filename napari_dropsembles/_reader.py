@@ -5,8 +5,10 @@ A folder (drag-and-drop, File > Open Folder) is read when it holds a DICOM serie
 files (one Image layer for the largest series, one Labels layer per DICOM-SEG) or is a zarr store;
 any other folder gets None, so napari offers it to other readers.
 
-Segment names and colours of a .seg.nrrd or DICOM-SEG go to the Labels layer (its colormap, its
-``features`` and ``metadata['label_names']``), where the Reconstruct widget reads structure names.
+Segment names and colours of a .seg.nrrd or DICOM-SEG (or a NIfTI label-table extension) go to the Labels
+layer (its colormap, its ``features`` and ``metadata['label_names']``), where the Reconstruct dock reads
+structure names; a plain label map from TotalSegmentator or VerSe is named from the known tables when its
+labels agree with one (core/volumes/label_tables), and every label map gets one distinct colour per label.
 """
 
 from __future__ import annotations
@@ -15,25 +17,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .core.errors import DropsemblesError
-from .core.formats import VOLUME_FORMAT_SUFFIXES, can_read, format_suffix, is_dicom_folder, read_segments
-from .core.formats.segments import SegmentedVolume
-from .core.io import VOLUME_SUFFIXES, read_volume
-from .core.volume import Volume
+from .core.config.errors import DropsemblesError
+from .core.io.formats import VOLUME_FORMAT_SUFFIXES, can_read, format_suffix, is_dicom_folder, read_segments
+from .core.io.nifti_labels import nifti_label_table
+from .core.io.segments import SegmentedVolume
+from .core.io.volumes import VOLUME_SUFFIXES, read_volume
+from .core.volumes.input_kind import is_label_map
+from .core.volumes.label_tables import describe_labels
+from .core.volumes.volume import Volume
 
 READER_SUFFIXES = VOLUME_SUFFIXES + VOLUME_FORMAT_SUFFIXES
 
 
 def looks_like_labels(data: np.ndarray) -> bool:
-    """Integer-valued data with few distinct values is a segmentation."""
-    if data.dtype == bool:
-        return True
-    if data.size == 0:
-        return False
-    sample = np.asarray(data).reshape(-1)[:: max(1, data.size // 200_000)]
-    if not np.all(np.isfinite(sample)) or not np.allclose(sample, np.round(sample)):
-        return False
-    return np.unique(sample).size <= 256 and sample.min() >= 0
+    """Integer-valued data with few distinct values is a segmentation (core's one answer, on a subsample)."""
+    return is_label_map(data, max_labels=255, sample_values=200_000)  # 255 labels and the background
 
 
 def volume_to_layer_data(volume: Volume, name: str) -> tuple:
@@ -43,7 +41,23 @@ def volume_to_layer_data(volume: Volume, name: str) -> tuple:
     kwargs.update(volume.napari_frame())
     if looks_like_labels(data):
         return data.astype(np.int32 if data.max() > 255 else np.uint8), kwargs, "labels"
+    window = ct_window(data)
+    if window is not None:
+        kwargs["contrast_limits"] = window
     return data.astype(np.float32), kwargs, "image"
+
+
+CT_WINDOW_HU = (-450.0, 1050.0)  # bone and soft tissue at once (level 300, width 1500): vertebrae read at a glance
+
+
+def ct_window(data: np.ndarray) -> tuple[float, float] | None:
+    """A CT in Hounsfield units (air near -1000, bone above 300) opens in a bone window; None for other images
+    (napari's own range then)."""
+    sample = np.asarray(data).reshape(-1)[:: max(1, data.size // 200_000)]
+    if sample.size == 0 or sample.dtype.kind not in "iuf" or not np.isfinite(sample).all():
+        return None
+    low, high = np.percentile(sample, [1, 99.9])
+    return CT_WINDOW_HU if low <= -700 and high >= 300 else None
 
 
 def _is_zarr_store(path: Path) -> bool:
@@ -88,19 +102,29 @@ def _layer(segmented: SegmentedVolume, name: str, source: str) -> tuple:
     if segmented.segments:
         if layer_type != "labels":  # a segmentation stays a Labels layer, whatever its values look like
             data, layer_type = np.asarray(volume.data).astype(np.int32), "labels"
-        names = segmented.names
-        kwargs["metadata"]["label_names"] = names
+        _name_labels(kwargs, segmented.names, segmented.colors(), "file")
+    elif layer_type == "labels":  # a label map: its own label table, else a known one (TotalSegmentator, VerSe)
+        described = describe_labels(volume, nifti_label_table(source))
+        _name_labels(kwargs, described.names, described.colours, described.source)
+    return data, kwargs, layer_type
+
+
+def _name_labels(kwargs: dict, names: dict[int, str], colours: dict[int, tuple], source: str) -> None:
+    """Structure names (metadata and features, read by the Reconstruct dock) and one colour per label."""
+    if names:
+        kwargs["metadata"]["label_names"] = dict(names)
+        kwargs["metadata"]["label_names_from"] = source
         kwargs["features"] = {"index": list(names), "name": list(names.values())}
-        colormap: dict = {label: (*rgb, 1.0) for label, rgb in segmented.colors().items()}
+    if colours:
+        colormap: dict = {int(label): (*[float(c) for c in rgb[:3]], 1.0) for label, rgb in colours.items()}
         colormap[None] = (0.0, 0.0, 0.0, 0.0)
         kwargs["colormap"] = colormap
-    return data, kwargs, layer_type
 
 
 def _read_one(path: str) -> list[tuple]:
     """The layers of one path: a DICOM folder gives its image series and each DICOM-SEG beside it."""
     if Path(path).is_dir() and is_dicom_folder(path):
-        from .core.formats.dicom import read_dicom_folder
+        from .core.io.dicom import read_dicom_folder
 
         found = read_dicom_folder(path)
         folder_name = _layer_name(path)

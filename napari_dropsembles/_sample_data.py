@@ -7,7 +7,7 @@ case is simulated in memory from the procedural vertebra generator (seed 0), sti
 from __future__ import annotations
 
 from ._reader import read_layers, volume_to_layer_data
-from .core.paths import bundled_sample_paths
+from .core.config.paths import bundled_sample_paths
 
 
 def sample_layers() -> tuple[tuple, tuple]:
@@ -15,7 +15,7 @@ def sample_layers() -> tuple[tuple, tuple]:
     paths = bundled_sample_paths()
     if paths["observation"].is_file() and paths["ground_truth"].is_file():
         return read_layers(str(paths["observation"]))[0], read_layers(str(paths["ground_truth"]))[0]
-    from .core.simulate import simulate_volumes
+    from .core.data.simulate import simulate_volumes
 
     observation, truth, _info = simulate_volumes(seed=0)
     return volume_to_layer_data(observation, "observation"), volume_to_layer_data(truth, "ground truth")

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from ._reader import read_layers
-from .core.io import read_volume
-from .core.result import read_reconstruction
+from .core.io.volumes import read_volume
+from .core.results.folder import read_reconstruction
 
 INSTALL_HINT = 'pip install "napari-dropsembles[all]" (napari with a Qt backend)'
 
@@ -49,6 +49,38 @@ def result_folder_layer_data(
     return layers + maps_to_layer_data(saved.mean, saved.variance, saved.mesh, frame, saved.threshold)
 
 
+def add_result_folder(viewer, out_dir: str | Path, observation_path=None, ground_truth_path=None) -> list:
+    """Open a saved result in ``viewer`` as a run in the dock shows it: the observation (when given), the result
+    layers placed next to it with the default look, a ground truth hidden. Returns the layers added."""
+    from ._gui.display import result_display
+    from ._gui.layers import TAG, InputFrame, label_colours, outline_colormap, role_of
+    from ._gui.placement import place_result_layers
+    from .core.config.progress import drive
+
+    added = []
+    observation = None
+    if observation_path is not None:
+        data, kwargs, layer_type = read_layers(str(observation_path))[0]
+        observation = getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+        added.append(observation)
+    if ground_truth_path is not None and Path(ground_truth_path).is_file():
+        data, kwargs, layer_type = read_layers(str(ground_truth_path))[0]
+        kwargs.update(name="ground truth", visible=False)
+        added.append(getattr(viewer, f"add_{layer_type}")(data, **kwargs))
+    frame = InputFrame.from_layer(observation) if observation is not None else None
+    layer_data = result_folder_layer_data(out_dir, frame=frame)
+    for _data, kwargs, layer_type in layer_data:  # the defaults of a run in the dock: a contrasting outline
+        if layer_type == "labels":
+            kwargs["colormap"] = outline_colormap([1], list(label_colours(observation, [1]).values()))
+    source_id = layer_data[0][1]["metadata"][TAG]["source"]
+    placed = drive(place_result_layers(viewer, source_id, layer_data, anchor=observation))
+    for layer in placed:  # a saved result is not the dock's: napari's colour bar says the heatmap's range
+        if role_of(layer) == "variance":
+            layer.colorbar.visible = True
+    result_display(viewer).show(viewer.dims.ndisplay)
+    return added + list(placed)
+
+
 def show_result_folder(
     out_dir: str | Path,
     observation_path: str | Path | None = None,
@@ -62,29 +94,10 @@ def show_result_folder(
     ``widget``, the Reconstruct widget docked on the observation."""
     import napari
 
-    from ._gui.layers import InputFrame, role_of, show_for_ndisplay
-
     if viewer is None:
         viewer = napari.Viewer(title=f"Dropsembles: {Path(out_dir).name}")
-    observation = None
-    if observation_path is not None:
-        data, kwargs, layer_type = read_layers(str(observation_path))[0]
-        observation = getattr(viewer, f"add_{layer_type}")(data, **kwargs)
-    if ground_truth_path is not None and Path(ground_truth_path).is_file():
-        data, kwargs, layer_type = read_layers(str(ground_truth_path))[0]
-        kwargs.update(name="ground truth", visible=False, opacity=0.4)
-        getattr(viewer, f"add_{layer_type}")(data, **kwargs)
-    frame = InputFrame.from_layer(observation) if observation is not None else None
-    added = [
-        getattr(viewer, f"add_{layer_type}")(data, **kwargs)
-        for data, kwargs, layer_type in result_folder_layer_data(out_dir, frame=frame)
-    ]
-    for layer in added:
-        if role_of(layer) == "thresholded":
-            layer.contour = 1
-        if role_of(layer) in ("variance", "mesh"):
-            layer.colorbar.visible = True
-    show_for_ndisplay(added, viewer.dims.ndisplay)
+    added = add_result_folder(viewer, out_dir, observation_path, ground_truth_path)
+    observation = added[0] if observation_path is not None else None
     if widget:
         from ._widget import open_reconstruct_widget
 

@@ -15,13 +15,13 @@ from collections.abc import Callable
 import numpy as np
 
 from ._gui.layers import world_affine_from_state
-from .core.errors import DropsemblesError
-from .core.faults import describe_fault
-from .core.formats.mesh_io import write_mesh_file
-from .core.formats.segments import Segment
-from .core.io import write_volume
-from .core.mesh import Mesh
-from .core.volume import Volume
+from .core.config.errors import DropsemblesError
+from .core.io.meshes import write_mesh_file
+from .core.io.messages import describe_fault
+from .core.io.segments import Segment
+from .core.io.volumes import write_volume
+from .core.volumes.mesh import Mesh
+from .core.volumes.volume import Volume
 
 
 def _one_line_faults(writer: Callable[[str, object, dict], list[str]]) -> Callable[[str, object, dict], list[str]]:
@@ -97,7 +97,7 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
     """Labels as NIfTI/NRRD/MetaImage, or a Slicer .seg.nrrd with the layer's names and colours."""
     if not str(path).lower().endswith(".seg.nrrd"):
         return write_image(path, data, meta)
-    from .core.formats.nrrd import write_seg_nrrd
+    from .core.io.nrrd import write_seg_nrrd
 
     array = np.asarray(data)
     return [str(write_seg_nrrd(path, Volume(array, layer_affine(meta)), _segments(array, meta)))]

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
-from napari_dropsembles.core.checkpoint import PretrainedModel, Prior
-from napari_dropsembles.core.config import ModelConfig
-from napari_dropsembles.core.ensemble import EnsembleDecoder
-from napari_dropsembles.core.model import VoxelEncoder
-from napari_dropsembles.core.volume import Volume, affine_from_spacing
+from napari_dropsembles.core.config.configs import ModelConfig
+from napari_dropsembles.core.networks.checkpoint import PretrainedModel, Prior
+from napari_dropsembles.core.networks.ensemble import EnsembleDecoder
+from napari_dropsembles.core.networks.model import VoxelEncoder
+from napari_dropsembles.core.volumes.volume import Volume, affine_from_spacing
 
 # Tiny tensors gain nothing from a second thread, and OpenMP threads that spin-wait on a busy
 # machine made one pretraining step 20x slower: tests run torch on one thread.
 torch.set_num_threads(1)
+os.environ.setdefault("DROPSEMBLES_THREADS", "1")  # ... also inside the command line's runs (core/networks/threads)
 
 TINY = ModelConfig(grid_size=16, encoder_channels=(4, 8, 8), feature_channels=8, hidden=16, blocks=2, dropout=0.2)
 
@@ -85,8 +88,9 @@ def random_ellipsoids(count: int, seed: int = 0) -> list[Ellipsoid]:
 @pytest.fixture(scope="session")
 def ellipsoid_prior() -> Prior:
     """A tiny prior pretrained for a few seconds on ellipsoids (sliced like real data)."""
-    from napari_dropsembles.core.predict import run_to_end
-    from napari_dropsembles.core.pretrain import PretrainConfig, pretrain_steps
+    from napari_dropsembles.core.config.configs import PretrainConfig
+    from napari_dropsembles.core.fitting.pretrain import pretrain_steps
+    from napari_dropsembles.core.querying.dense import run_to_end
 
     config = PretrainConfig(steps=50, batch_size=4, points_per_sample=1024, lr=3e-3, samples=32, fisher_samples=8)
     return run_to_end(pretrain_steps(TINY, config, models=2, shapes=random_ellipsoids(16)))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_dropsembles.core.formats import LPS_TO_RAS
-from napari_dropsembles.core.volume import Volume
+from napari_dropsembles.core.io.lps import LPS_TO_RAS
+from napari_dropsembles.core.volumes.volume import Volume
 
 SPACING = np.array([0.8, 1.1, 2.5])  # anisotropic, thick third axis
 CENTRE_LPS = np.array([-12.3, 25.6, -40.2])  # sphere centre, LPS mm (x left, y posterior)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_dropsembles.core.volume import Volume, affine_from_spacing
+from napari_dropsembles.core.volumes.volume import Volume, affine_from_spacing
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRE_GUI = os.environ.get("DROPSEMBLES_REQUIRE_GUI", "").strip() not in ("", "0")
@@ -85,7 +85,7 @@ def open_widget(viewer, title: str = "Reconstruct with uncertainty"):
 
 @pytest.fixture
 def tiny_prior_path(tmp_path):
-    from napari_dropsembles.core.checkpoint import save_prior
+    from napari_dropsembles.core.networks.checkpoint import save_prior
 
     from .conftest import make_tiny_prior
 

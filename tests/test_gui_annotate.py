@@ -25,8 +25,8 @@ def by_role(viewer) -> dict:
 
 def sparse_case(viewer):
     """The bundled vertebra's dense ground truth, annotated on every 8th axial slice of its own grid."""
-    from napari_dropsembles.core.io import read_volume
-    from napari_dropsembles.core.paths import bundled_prior_path, bundled_sample_paths
+    from napari_dropsembles.core.config.paths import bundled_prior_path, bundled_sample_paths
+    from napari_dropsembles.core.io.volumes import read_volume
 
     truth_path = bundled_sample_paths()["ground_truth"]
     if not truth_path.is_file() or not bundled_prior_path().is_file():
@@ -202,7 +202,7 @@ def test_several_structures_refine_the_changed_one_and_refuse_a_new_label(viewer
     from napari_dropsembles._gui.state import RunState
 
     from .gui_support import add_volume, tiny_settings
-    from .test_refine_structures import two_ellipsoids
+    from .structures_support import two_ellipsoids
 
     spine = two_ellipsoids()  # labels 1 and 2
     truth = np.array([0, 2, 5], np.uint8)[spine.data]  # labels 1, 2 -> 2, 5

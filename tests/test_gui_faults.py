@@ -10,7 +10,7 @@ import pytest
 
 from napari_dropsembles._gui.state import RunState
 from napari_dropsembles._gui.workers import Task
-from napari_dropsembles.core.progress import Progress
+from napari_dropsembles.core.config.progress import Progress
 
 from . import gui_support
 from .conftest import sphere_volume

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_dropsembles.core.volume import Volume, affine_from_spacing
+from napari_dropsembles.core.volumes.volume import Volume, affine_from_spacing
 
 from . import gui_support
 from .conftest import TINY, sphere_volume
@@ -23,8 +23,8 @@ def test_trained_prior_is_saved_and_becomes_selectable_for_reconstruction(
     viewer, sync_workers, notifications, tmp_path, monkeypatch
 ):
     from napari_dropsembles._gui.state import RunState
-    from napari_dropsembles.core import pretrain
-    from napari_dropsembles.core.checkpoint import load_prior
+    from napari_dropsembles.core.fitting import pretrain
+    from napari_dropsembles.core.networks.checkpoint import load_prior
 
     monkeypatch.setattr(pretrain.os, "cpu_count", lambda: 1)  # make the few samples here, no worker processes
     _dock, trainer = viewer.window.add_plugin_dock_widget(PLUGIN, "Train a prior")
@@ -68,7 +68,7 @@ def smooth_ball(centre, radius, spacing, origin) -> Volume:
 
 def test_evaluate_shows_metrics_and_a_reliability_diagram(viewer, sync_workers, notifications):
     from napari_dropsembles._gui.tasks import resample_onto
-    from napari_dropsembles.core.metrics import evaluate_probabilities
+    from napari_dropsembles.core.scoring.metrics import evaluate_probabilities
 
     truth = sphere_volume(radius_mm=10.0, spacing_mm=(1.0, 1.0, 1.0), size_mm=30.0)
     prediction = smooth_ball((0.5, 0.0, 0.0), 10.0, 1.5, (-17.0, -17.0, -17.0))

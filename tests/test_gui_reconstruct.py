@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_dropsembles.core.volume import Volume
+from napari_dropsembles.core.volumes.volume import Volume
 
 from . import gui_support
 from .conftest import sphere_volume
@@ -91,7 +91,7 @@ def test_rerun_replaces_the_results_of_the_same_input(viewer, tiny_prior_path, s
 def test_threshold_and_member_sliders_remesh_cached_grids_without_the_network(
     viewer, tiny_prior_path, sync_workers, qtbot, monkeypatch
 ):
-    from napari_dropsembles.core.methods import Fitted
+    from napari_dropsembles.core.fitting.fitted import Fitted
 
     sphere = add_volume(viewer, sphere_volume(), "sphere")
     widget = open_widget(viewer)
@@ -136,7 +136,7 @@ def test_mesh_follows_a_dragged_slider_on_a_128_cubed_grid(viewer, sync_workers,
     """Coarse meshes while the slider moves, the full-resolution mesh once it rests."""
     from napari_dropsembles._gui.layers import InputFrame, reconstruction_to_layer_data
     from napari_dropsembles._gui.tasks import ReconstructOutput
-    from napari_dropsembles.core.structures import combine_structures
+    from napari_dropsembles.core.results.structures import combine_structures
 
     from .test_napari_structures import fake_result
 
@@ -169,11 +169,11 @@ def test_mesh_follows_a_dragged_slider_on_a_128_cubed_grid(viewer, sync_workers,
 
 
 def test_cancel_stops_a_background_run_within_one_step_and_leaves_no_layer(viewer, tiny_prior_path, qtbot, monkeypatch):
-    from napari_dropsembles._gui import reconstruct
+    from napari_dropsembles._gui import run_settings
     from napari_dropsembles._gui.state import RunState
 
     monkeypatch.delenv("DROPSEMBLES_SYNC_WORKERS", raising=False)
-    monkeypatch.setattr(reconstruct, "PREVIEW_INTERVAL_S", 0.01)  # a live preview layer appears at once
+    monkeypatch.setattr(run_settings, "PREVIEW_INTERVAL_S", 0.01)  # a live preview layer appears at once
     sphere = add_volume(viewer, sphere_volume(), "sphere")
     widget = open_widget(viewer)
     tiny_settings(widget, tiny_prior_path, steps=5000)
@@ -219,9 +219,9 @@ BAD_INPUTS = {
 def test_bad_inputs_and_a_failing_worker_show_an_error_and_change_no_layer(
     viewer, tiny_prior_path, sync_workers, notifications, tmp_path, monkeypatch
 ):
-    from napari_dropsembles._gui import reconstruct, tasks
+    from napari_dropsembles._gui import run_settings, tasks
     from napari_dropsembles._gui.state import RunState
-    from napari_dropsembles.core.progress import Progress
+    from napari_dropsembles.core.config.progress import Progress
 
     widget = open_widget(viewer)
     tiny_settings(widget, tiny_prior_path)
@@ -240,17 +240,18 @@ def test_bad_inputs_and_a_failing_worker_show_an_error_and_change_no_layer(
     corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
     cases.append((good, "corrupt.safetensors", lambda: widget.add_prior(corrupt)))
 
-    working = tasks.reconstruct_structures_steps
+    jobs = tasks.reconstruct_api
+    working = jobs.reconstruct_job_steps
 
-    def broken(masks, prior, config, cancel=None):  # fails after showing a live preview
-        mask = next(iter(masks.values()))
-        yield Progress("finetune", 1, 10, loss=0.7, preview=mask.with_data(mask.data.astype(np.float32)))
+    def broken(job, cancel=None):  # fails after showing a live preview
+        volume = job.observation
+        yield Progress("finetune", 1, 10, loss=0.7, preview=volume.with_data(np.asarray(volume.data, np.float32)))
         raise RuntimeError("CUDA error: device-side assert triggered")
 
     def break_the_worker():
         widget.prior.value = str(tiny_prior_path.resolve())
-        monkeypatch.setattr(tasks, "reconstruct_structures_steps", broken)
-        monkeypatch.setattr(reconstruct, "PREVIEW_INTERVAL_S", 0.01)
+        monkeypatch.setattr(jobs, "reconstruct_job_steps", broken)
+        monkeypatch.setattr(run_settings, "PREVIEW_INTERVAL_S", 0.01)
         widget.live_preview.value = True
 
     cases.append((good, "RuntimeError: CUDA error", break_the_worker))
@@ -270,7 +271,7 @@ def test_bad_inputs_and_a_failing_worker_show_an_error_and_change_no_layer(
         assert all(np.array_equal(each.data, data, equal_nan=True) for each, data in snapshot), layer.name
 
     # the widget is usable again: the continuous image with a threshold ticked reconstructs
-    monkeypatch.setattr(tasks, "reconstruct_structures_steps", working)
+    monkeypatch.setattr(jobs, "reconstruct_job_steps", working)
     widget.live_preview.value = False
     widget.input.value = viewer.layers["continuous image"]
     assert not widget.use_image_threshold.native.isHidden()  # offered for images

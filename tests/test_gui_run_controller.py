@@ -9,7 +9,7 @@ import time
 
 from napari_dropsembles._gui.run import DOUBLE_CLICK_S, RunController
 from napari_dropsembles._gui.state import RunState
-from napari_dropsembles.core.progress import Progress, check_cancel
+from napari_dropsembles.core.config.progress import Progress, check_cancel
 
 
 def counting(steps: int, seen: list):

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from napari_dropsembles._viewer import show_result_folder
-from napari_dropsembles.core.io import write_volume
-from napari_dropsembles.core.mesh import extract_mesh, write_mesh
+from napari_dropsembles.core.io.meshes import write_mesh
+from napari_dropsembles.core.io.volumes import write_volume
+from napari_dropsembles.core.querying.isosurface import extract_mesh
 
 from . import gui_support
 from .conftest import sphere_volume
@@ -37,7 +38,8 @@ def test_a_saved_result_folder_opens_with_its_layers_in_world_mm(viewer, tmp_pat
     show_result_folder(out, tmp_path / "observation.nii.gz", None, viewer=viewer, run=False)
     roles = {role_of(layer): layer for layer in viewer.layers if role_of(layer)}
     assert set(roles) == {"mean", "thresholded", "variance", "mesh"}
-    assert viewer.layers[0].name == "observation"
+    order = [layer.name for layer in viewer.layers]  # the heatmap under the drawn slices, the outline over them
+    assert order.index(roles["variance"].name) < order.index("observation") < order.index(roles["thresholded"].name)
     surface = roles["mesh"]
     world = surface.data[0] * np.asarray(surface.scale) + np.asarray(surface.translate)
     assert np.allclose(world, mesh.vertices_mm, atol=1e-3)

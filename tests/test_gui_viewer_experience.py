@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_dropsembles.core.input_kind import classify_volume
-from napari_dropsembles.core.io import write_volume
-from napari_dropsembles.core.volume import Volume, affine_from_spacing
+from napari_dropsembles.core.io.volumes import write_volume
+from napari_dropsembles.core.volumes.input_kind import classify_volume
+from napari_dropsembles.core.volumes.volume import Volume, affine_from_spacing
 
 from . import gui_support
 from .conftest import sphere_volume
@@ -123,9 +123,9 @@ def test_a_threshold_moved_during_a_run_applies_to_the_new_result(viewer, tiny_p
     task = widget.run()
     remeshed = []
     monkeypatch.setattr(
-        widget,
-        "_apply_remesh",
-        lambda output, original=widget._apply_remesh: (
+        widget.result_panel,
+        "apply_remesh",
+        lambda output, original=widget.result_panel.apply_remesh: (
             remeshed.append((widget.status.running, output.threshold)),
             original(output),
         ),
@@ -190,10 +190,10 @@ def test_cpu_runs_warn_in_the_status_line_only(viewer, tiny_prior_path, sync_wor
 
 
 def test_the_live_preview_leaves_the_layer_selection_alone(viewer, tiny_prior_path, qtbot, monkeypatch):
-    from napari_dropsembles._gui import reconstruct
+    from napari_dropsembles._gui import run_settings
 
     monkeypatch.delenv("DROPSEMBLES_SYNC_WORKERS", raising=False)
-    monkeypatch.setattr(reconstruct, "PREVIEW_INTERVAL_S", 0.01)
+    monkeypatch.setattr(run_settings, "PREVIEW_INTERVAL_S", 0.01)
     sphere = add_volume(viewer, sphere_volume(), "sphere")
     viewer.layers.selection.active = sphere
     widget = open_widget(viewer)
@@ -213,10 +213,10 @@ def test_a_rerun_previews_in_the_previous_mean_and_adds_or_removes_no_layer(
 ):
     """Adding a layer costs napari a few hundred ms under software OpenGL, removing one a full garbage
     collection: a re-run (or a refine) shows its live preview in the mean layer it will update."""
-    from napari_dropsembles._gui import reconstruct
-    from napari_dropsembles.core.volume import Volume
+    from napari_dropsembles._gui import run_settings
+    from napari_dropsembles.core.volumes.volume import Volume
 
-    monkeypatch.setattr(reconstruct, "PREVIEW_INTERVAL_S", 0.001)
+    monkeypatch.setattr(run_settings, "PREVIEW_INTERVAL_S", 0.001)
     sphere = add_volume(viewer, sphere_volume(), "sphere")
     widget = open_widget(viewer)
     tiny_settings(widget, tiny_prior_path, steps=4)
@@ -255,7 +255,7 @@ def test_a_rerun_previews_in_the_previous_mean_and_adds_or_removes_no_layer(
 
 def test_progress_text_gives_the_percentage_and_the_time_left():
     from napari_dropsembles._gui.state import RunStatus
-    from napari_dropsembles.core.progress import Progress
+    from napari_dropsembles.core.config.progress import Progress
 
     status = RunStatus()
     status.start("pretraining")
@@ -350,7 +350,7 @@ def test_the_result_colormaps_do_not_widen_the_layer_controls():
 def test_the_first_preview_sets_the_look_first_and_draws_in_the_next_turn(viewer, tiny_prior_path, sync_workers, qtbot):
     """With the window shown, the live preview's first report (the previous mean takes the preview's look and
     box) and its first draw are two event-loop turns, not one long pause; later reports just set the data."""
-    from napari_dropsembles.core.volume import Volume
+    from napari_dropsembles.core.volumes.volume import Volume
 
     sphere = add_volume(viewer, sphere_volume(), "sphere")
     widget = open_widget(viewer)
@@ -392,7 +392,9 @@ def test_structures_have_names_colours_and_a_row_click_highlights_one(viewer, ti
     swatch = table.item(1, 0).data(Qt.ItemDataRole.DecorationRole)
     assert np.allclose([swatch.redF(), swatch.greenF(), swatch.blueF()], spine.get_color(5)[:3], atol=0.01)
     thresholded = by_role(viewer)["thresholded"]
-    assert np.allclose(thresholded.get_color(5), spine.get_color(5))  # the same colour as the input's label
+    for label in (2, 5):  # the outline stands out from every label colour of the input it is drawn over
+        outline, fill = np.asarray(thresholded.get_color(label))[:3], np.asarray(spine.get_color(label))[:3]
+        assert np.linalg.norm(outline - fill) > 0.5, (label, outline, fill)
     table.cellClicked.emit(1, 0)
     assert thresholded.selected_label == 5 and thresholded.show_selected_label
     table.item(0, 0).setText("first lumbar")  # names can be edited and are kept
@@ -427,7 +429,7 @@ def test_the_docks_fit_1280_by_800_and_the_table_needs_no_sideways_scroll(make_n
     from qtpy.QtWidgets import QApplication
 
     from napari_dropsembles._gui.tasks import ReconstructOutput
-    from napari_dropsembles.core.structures import StructureRow
+    from napari_dropsembles.core.results.structures import StructureRow
 
     gui_support.register_plugin()
     viewer = make_napari_viewer(show=True)
@@ -435,12 +437,15 @@ def test_the_docks_fit_1280_by_800_and_the_table_needs_no_sideways_scroll(make_n
     window.resize(1280, 800)
     widgets = [
         viewer.window.add_plugin_dock_widget(PLUGIN, name)[1]
-        for name in (WIDGET, "Train a prior", "Evaluate against ground truth")
+        for name in (WIDGET, "Train a prior", "Evaluate against ground truth", "Batch (cohort)")
     ]
     for _ in range(10):
         QApplication.processEvents()
     qtbot.wait(100)
     assert window.width() <= 1280 and window.height() <= 800, (window.width(), window.height())
+    for widget in widgets:  # every dock scrolls: none pushes another to a blank strip
+        assert hasattr(widget, "scroll_area") and widget.height() >= 120, (type(widget).__name__, widget.height())
+        assert not widget.visibleRegion().isEmpty()
     reconstruct = widgets[0]
     assert not reconstruct.advanced.isExpanded()  # seed, spacing, device, ... tucked away
     rows = [

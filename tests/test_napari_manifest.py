@@ -7,9 +7,9 @@ import pytest
 
 from napari_dropsembles._reader import get_reader
 from napari_dropsembles._writer import write_image, write_surface
-from napari_dropsembles.core.io import read_volume, write_volume
-from napari_dropsembles.core.mesh import read_mesh
-from napari_dropsembles.core.volume import Volume, affine_from_spacing
+from napari_dropsembles.core.io.meshes import read_mesh
+from napari_dropsembles.core.io.volumes import read_volume, write_volume
+from napari_dropsembles.core.volumes.volume import Volume, affine_from_spacing
 
 from .gui_support import ROOT
 

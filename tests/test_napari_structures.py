@@ -16,21 +16,16 @@ from napari_dropsembles._gui.layers import (
 from napari_dropsembles._gui.state import RunState
 from napari_dropsembles._gui.tasks import observation_masks
 from napari_dropsembles._gui.workers import Task, guarded_steps
-from napari_dropsembles.core.config import FinetuneConfig, ReconstructionConfig
-from napari_dropsembles.core.errors import Cancelled, InputError, setting
-from napari_dropsembles.core.mesh import extract_mesh, sample_volume
-from napari_dropsembles.core.predict import EnsembleMaps
-from napari_dropsembles.core.progress import CancelToken, Progress, drive
-from napari_dropsembles.core.result import Reconstruction
-from napari_dropsembles.core.structures import (
-    StructureRow,
-    combine_structures,
-    flag_rows,
-    reconstruct_structures_steps,
-    structure_masks,
-    surface_shell,
-)
-from napari_dropsembles.core.volume import Volume, affine_from_spacing
+from napari_dropsembles.core.config.configs import FinetuneConfig, ReconstructionConfig
+from napari_dropsembles.core.config.errors import Cancelled, InputError, setting
+from napari_dropsembles.core.config.progress import CancelToken, Progress, drive
+from napari_dropsembles.core.jobs.structures import reconstruct_structures_steps
+from napari_dropsembles.core.querying.isosurface import extract_mesh, sample_volume
+from napari_dropsembles.core.querying.maps import EnsembleMaps
+from napari_dropsembles.core.results.reconstruction import Reconstruction
+from napari_dropsembles.core.results.structures import StructureRow, combine_structures, flag_rows, surface_shell
+from napari_dropsembles.core.volumes.masks import structure_masks
+from napari_dropsembles.core.volumes.volume import Volume, affine_from_spacing
 
 from .conftest import make_tiny_prior
 from .gui_support import two_spheres

@@ -18,7 +18,7 @@ pm = PluginManager()
 pm.discover(include_npe1=False)
 manifest = pm.get_manifest("napari-dropsembles")
 import napari_dropsembles
-from napari_dropsembles.core.paths import bundled_prior_path, bundled_sample_paths
+from napari_dropsembles.core.config.paths import bundled_prior_path, bundled_sample_paths
 print(napari_dropsembles.__file__)
 print(bundled_prior_path().is_file(), all(p.is_file() for p in bundled_sample_paths().values()))
 print(sorted(w.display_name for w in manifest.contributions.widgets))

@@ -7,7 +7,16 @@ import os
 
 import numpy as np
 
-from napari_dropsembles.core.metrics import auroc, binary_entropy, brier, dice, ece, hd95_mm, nll, reliability_curve
+from napari_dropsembles.core.scoring.metrics import (
+    auroc,
+    binary_entropy,
+    brier,
+    dice,
+    ece,
+    hd95_mm,
+    nll,
+    reliability_curve,
+)
 
 METHOD_ORDER = ("single", "mc_dropout", "deep_ensemble", "dropsembles")
 LABELS = {

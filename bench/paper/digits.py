@@ -18,8 +18,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import interpolate, ndimage  # noqa: E402
 
-from napari_dropsembles.core.config import ModelConfig  # noqa: E402
-from napari_dropsembles.core.finetune import FinetuneConfig  # noqa: E402
+from napari_dropsembles.core.config.configs import (
+    FinetuneConfig,  # noqa: E402
+    ModelConfig,  # noqa: E402
+)
 
 from .common import (  # noqa: E402
     LABELS,

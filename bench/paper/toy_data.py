@@ -7,7 +7,7 @@ import functools
 import numpy as np
 from scipy import ndimage
 
-from napari_dropsembles.core.errors import InputError
+from napari_dropsembles.core.config.errors import InputError
 
 
 def sinusoid_dataset(

@@ -25,13 +25,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from napari_dropsembles.core.checkpoint import PretrainedModel, Prior
-from napari_dropsembles.core.config import FinetuneConfig, ModelConfig
-from napari_dropsembles.core.ensemble import EnsembleDecoder
-from napari_dropsembles.core.ewc import diagonal_fisher
-from napari_dropsembles.core.finetune import finetune_steps
-from napari_dropsembles.core.methods import get_method
-from napari_dropsembles.core.progress import drive
+from napari_dropsembles.core.config.configs import FinetuneConfig, ModelConfig
+from napari_dropsembles.core.config.progress import drive
+from napari_dropsembles.core.fitting.finetune import finetune_steps
+from napari_dropsembles.core.fitting.methods import get_method
+from napari_dropsembles.core.networks.checkpoint import PretrainedModel, Prior
+from napari_dropsembles.core.networks.ensemble import EnsembleDecoder
+from napari_dropsembles.core.networks.ewc import diagonal_fisher
 
 ENCODER_INPUT_CHANNELS = 2
 

@@ -20,14 +20,19 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection  # noqa: E402
 
-from napari_dropsembles.core.config import FinetuneConfig, ModelConfig, ReconstructionConfig  # noqa: E402
-from napari_dropsembles.core.evaluate import score_baselines, score_maps  # noqa: E402
-from napari_dropsembles.core.metrics import surface_band  # noqa: E402
-from napari_dropsembles.core.model import VoxelEncoder  # noqa: E402
-from napari_dropsembles.core.pipeline import reconstruct  # noqa: E402
-from napari_dropsembles.core.predict import run_to_end  # noqa: E402
-from napari_dropsembles.core.pretrain import PretrainConfig, pretrain_steps  # noqa: E402
-from napari_dropsembles.core.simulate import simulate_volumes  # noqa: E402
+from napari_dropsembles.core.config.configs import (  # noqa: E402
+    FinetuneConfig,
+    ModelConfig,
+    PretrainConfig,  # noqa: E402
+    ReconstructionConfig,
+)
+from napari_dropsembles.core.data.simulate import simulate_volumes  # noqa: E402
+from napari_dropsembles.core.fitting.pretrain import pretrain_steps
+from napari_dropsembles.core.jobs.reconstruct import reconstruct  # noqa: E402
+from napari_dropsembles.core.networks.model import VoxelEncoder  # noqa: E402
+from napari_dropsembles.core.querying.dense import run_to_end  # noqa: E402
+from napari_dropsembles.core.scoring.evaluate import score_baselines, score_maps  # noqa: E402
+from napari_dropsembles.core.scoring.metrics import surface_band  # noqa: E402
 
 from .common import (  # noqa: E402
     LABELS,

@@ -4,7 +4,7 @@ The loop (issue 13): a result exists -> "Suggest next slice" moves the viewer to
 annotation is expected to remove the most error (``core.annotate.suggest_slices``) and outlines it ->
 the user paints it on the observation's Labels layer with napari's own tools (and undo) -> "Refine"
 reads the observation again and warm-starts the members on it (``core.refine.refine_steps``) in the
-background, through the widget's run controller (progress, cancel), and the result layers are updated
+background, through the dock's run controller (progress, cancel), and the result layers are updated
 in place -> the history gains a row (slices annotated, slices marked empty, expected error, Dice against
 a ground truth when one is open). Corrections of slices already annotated are read the same way.
 
@@ -13,7 +13,7 @@ outlined suggestion): it is listed under the buttons ("Unmark" takes back the se
 every later Refine (and Run) reads it as background instead of a gap (``annotated_empty``), and the marks
 stay from round to round. A result of several structures (labels reconstructed each separately) runs the
 same loop: the suggestions are slices of the shared volume ranked across structures (each saying which
-structures it helps), and Refine refines the structures whose labels changed (core/structures).
+structures it helps), and Refine refines the structures whose labels changed (core/jobs/structures).
 The panel only gathers inputs and shows outputs: every number comes from a task in ``tasks.py``.
 """
 
@@ -39,20 +39,21 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.config import ReconstructionConfig
-from ..core.errors import DropsemblesError
+from ..core.config.configs import ReconstructionConfig
+from ..core.config.errors import DropsemblesError, InputError
 from .common import WARN_STYLE, is_deleted, notify_error, shrinkable_combos
 from .layers import (
     TAG,
     InputFrame,
     layer_to_volume,
-    not_activating,
     result_layers,
     result_metadata,
     role_of,
     slice_outline,
     slice_view_order,
 )
+from .placement import not_activating, raise_to_paint
+from .session import ReconstructSession
 from .state import RunState
 from .tasks import RefineRequest, RoundOutput, SuggestRequest, suggest_task
 from .workers import Outcome, Task
@@ -96,10 +97,12 @@ class AnnotatePanel(QWidget):
     SUGGESTION_HEADERS = ("#", "slice", "score (voxels)")
     HISTORY_HEADERS = ("round", "slices", "empty", "expected error", "Dice")
 
-    def __init__(self, widget) -> None:
+    def __init__(self, session: ReconstructSession, start_refine, options) -> None:
         super().__init__()
-        self.widget = widget  # the ReconstructWidget this panel belongs to
-        self.viewer = widget.viewer
+        self.session = session
+        self.viewer = session.viewer
+        self._start_refine = start_refine  # RefineRequest -> Task: the dock runs it like a run
+        self._options = options  # () -> {"threshold", "member", "preview_interval_s"} of the dock
         self.rounds: dict[str, RoundOutput] = {}  # input id -> the current result's round (suggestions, error)
         self.history: dict[str, list[tuple]] = {}  # input id -> (round, slices, expected, Dice, slices marked empty)
         self.empty: dict[str, list[int]] = {}  # input id -> slices marked empty, in the order they were marked
@@ -184,7 +187,9 @@ class AnnotatePanel(QWidget):
         events = self.viewer.layers.events
         for event in (events.inserted, events.removed, events.reordered):
             event.connect(self._layers_changed)
-        widget.status.changed.connect(self._update_buttons)
+        session.status.changed.connect(self._update_buttons)
+        session.result_placed.connect(self.result_placed)
+        session.result_changed.connect(self.show_result)
         self._layers_changed()
         self.show_result(None)
 
@@ -224,11 +229,11 @@ class AnnotatePanel(QWidget):
         return layer_to_volume(layer)
 
     def _current(self):
-        return self.widget.current
+        return self.session.current
 
     def _source_layer(self):
-        current = self.widget.current if hasattr(self, "widget") else None
-        return None if current is None else self.widget._source_layer(current.frame.source_id)
+        current = self.session.current if hasattr(self, "session") else None
+        return None if current is None else self.session.source_layer(current.frame.source_id)
 
     def blocked_reason(self) -> str:
         """Why Suggest and Refine cannot run now ('' when they can)."""
@@ -245,7 +250,7 @@ class AnnotatePanel(QWidget):
         if is_deleted(self):
             return
         reason = self.blocked_reason()
-        running = self.widget.status.running
+        running = self.session.status.running
         self.suggest_button.setEnabled(not reason)
         self.refine_button.setEnabled(not reason and not running)
         self.refine_button.setToolTip(
@@ -289,7 +294,7 @@ class AnnotatePanel(QWidget):
                 outline.visible = False
 
     def _start_suggest(self, output) -> None:
-        reason = self.blocked_reason() if self.widget.current is output else ""
+        reason = self.blocked_reason() if self.session.current is output else ""
         if reason:
             self.info.setText(reason)
             return
@@ -301,7 +306,7 @@ class AnnotatePanel(QWidget):
             partial(suggest_task, request),
             on_progress=_ignore,
             on_finished=partial(self._suggested, output),
-            sync=self.widget.sync,
+            sync=self.session.runner.sync,
         )
         self._suggest_task = task
         task.start()
@@ -312,7 +317,7 @@ class AnnotatePanel(QWidget):
         source = output.frame.source_id
         if self._pending.get(source) is output:
             del self._pending[source]
-        if self.widget.results.get(source, output) is not output:
+        if self.session.results.get(source, output) is not output:
             return  # a newer result came meanwhile
         if outcome.state is not RunState.DONE:
             if outcome.state is RunState.FAILED:
@@ -320,7 +325,7 @@ class AnnotatePanel(QWidget):
                 self.info.setStyleSheet(WARN_STYLE)
             return
         self._round_ready(source, output, outcome.value)
-        if self.widget.current is output:
+        if self.session.current is output:
             self._fill_history(source)
             self._fill_suggestions(outcome.value)
             self._fill_empty(source)
@@ -366,7 +371,7 @@ class AnnotatePanel(QWidget):
         current = self._current()
         if not labels or current is None or len(current.structures.results) < 2:
             return ""
-        names = self.widget._names.get(current.frame.source_id, {})
+        names = self.session.names(current.frame.source_id)
         return ", ".join(names.get(label, f"label {label}") for label in labels)
 
     def _fill_history(self, source: str) -> None:
@@ -428,7 +433,8 @@ class AnnotatePanel(QWidget):
         self.suggestions.selectRow(row)
         from napari.layers import Labels
 
-        if isinstance(source, Labels):  # ready to paint: the user's Labels layer is the active one
+        if isinstance(source, Labels):  # ready to paint: the user's Labels layer active, over the heatmap
+            raise_to_paint(self.viewer, source, result_layers(self.viewer.layers, current.frame.source_id))
             self.viewer.layers.selection.active = source
         what = "annotate" if suggestion.kind == "annotate" else "check the labels on"
         helps = self._structures_text(suggestion)
@@ -445,7 +451,7 @@ class AnnotatePanel(QWidget):
         if dims.ndisplay == 2 and offset + axis in dims.displayed:  # the slice's axis goes on the slider
             order = slice_view_order(axis, dims.ndim)
             dims.order = order
-            self.widget._viewing_order = tuple(order)
+            self.session.viewing_order = tuple(order)
         centre = (np.asarray(shape, float) - 1) / 2
         centre[axis] = index
         world = frame.world_affine[:3, :3] @ centre + frame.world_affine[:3, 3]
@@ -579,7 +585,7 @@ class AnnotatePanel(QWidget):
 
     def _holds_labels(self, source_id: str, plane: np.ndarray) -> bool:
         """True when a plane of the input holds what the result of ``source_id`` reads as the object."""
-        output = self.widget.results.get(source_id)
+        output = self.session.results.get(source_id)
         first = None if output is None else output.request
         if first is not None and first.image_threshold is not None:
             return bool((plane >= first.image_threshold).any())
@@ -603,32 +609,27 @@ class AnnotatePanel(QWidget):
         """The refinement's inputs, read on the main thread: the observation layer as it is now (a copy)."""
         reason = self.blocked_reason()
         if reason:
-            from ..core.errors import InputError
-
             raise InputError(reason)
         current = self._current()
         source = self._source_layer()
-        widget = self.widget
         volume = layer_to_volume(source)
+        options = self._options()
         return RefineRequest(
             previous=current,
             volume=volume,
             frame=InputFrame.from_layer(source),
-            threshold=float(widget.threshold.value()),
-            member=int(widget.member.value())
-            if "members" in result_layers(self.viewer.layers, current.frame.source_id)
-            else None,
+            threshold=options["threshold"],
+            member=options["member"],
             ground_truth=self._truth_volume(),
-            names=dict(widget._names.get(current.frame.source_id, {})),
-            preview_interval_s=widget.config().preview_interval_s,
+            names=dict(self.session.names(current.frame.source_id)),
+            preview_interval_s=options["preview_interval_s"],
             annotated_empty=self.marks_for(current.frame.source_id, volume),
         )
 
     def refine(self) -> Task | None:
         """Refine the current result with the observation as the user left it (in the background)."""
-        widget = self.widget
-        if widget.status.running:
-            return widget.runner.task
+        if self.session.status.running:
+            return self.session.runner.task
         try:
             request = self.request()
         except DropsemblesError as error:
@@ -636,7 +637,7 @@ class AnnotatePanel(QWidget):
             self.info.setStyleSheet(WARN_STYLE)
             notify_error(f"Dropsembles: {error}")
             return None
-        return widget.start_refine(request)
+        return self._start_refine(request)
 
 
 def _ignore(*_args) -> None:

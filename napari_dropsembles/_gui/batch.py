@@ -1,9 +1,10 @@
-"""The Batch widget: reconstruct a folder of cases (a cohort) in the background; the summary table; open a case.
+"""The Batch dock: reconstruct a folder of cases (a cohort) in the background; the summary table; open a case.
 
-It is a thin front to :mod:`napari_dropsembles.core.cohort` (the same runs as
-``napari-dropsembles reconstruct-many``): the cohort runs on a dask LocalCluster (or in napari's
-process with Workers = 0) from a napari thread worker, a row appears per settled case, Cancel
-stops at the next case, and clicking a row opens that case's result layers.
+A thin front to :mod:`napari_dropsembles.core.cohort` (the same runs as ``napari-dropsembles
+reconstruct-many``), run through the same :class:`~.run.RunController` and Run panel as the other
+docks: the cohort runs on a dask LocalCluster (or in napari's process with Workers = 0) from a
+worker thread; the bar moves as cases advance, the status says what is happening (starting workers,
+case k of n), Cancel stops at the next case and bad inputs are refused, each in one line.
 ``DROPSEMBLES_SYNC_WORKERS=1`` runs it synchronously (tests).
 """
 
@@ -11,6 +12,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from qtpy.QtWidgets import (
@@ -19,37 +23,126 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
-    QLabel,
+    QHeaderView,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
-from ..core.config import FinetuneConfig, ReconstructionConfig
-from ..core.device import DEVICE_CHOICES
-from ..core.errors import Cancelled, DropsemblesError
-from ..core.progress import CancelToken, Progress, drive
+from ..core.config.configs import DEVICE_CHOICES, FinetuneConfig, ReconstructionConfig
+from ..core.config.errors import InputError
+from ..core.config.progress import CancelFlag, Progress, check_cancel, relay
+from ..core.config.validation import field_range
+from .common import RunPanel, is_deleted, notify_error, scroll_layout
+from .gl_context import guard_layer_removal
+from .run import RunController, RunnerBacked, shutdown_on_destroy
+from .state import RunState
+from .workers import Outcome, Task
 
-SYNC_ENV = "DROPSEMBLES_SYNC_WORKERS"
-TABLE_COLUMNS = ("task", "status", "volume_ml", "volume_ml_std", "band_variance", "dice", "dice_linear", "seconds",
-                 "error")  # fmt: skip
+# (summary column, header, tooltip): the most useful first; the rest stay in summary.csv
+TABLE_COLUMNS = (
+    ("case", "case", "the case (file or folder name)"),
+    ("label", "structure", "the label reconstructed ('' a binary mask, 'all' the labels merged)"),
+    ("status", "status", "done, failed, or pending"),
+    ("volume_ml", "mL", "volume of the reconstruction (millilitres)"),
+    ("volume_ml_std", "± mL", "spread of the volume between the ensemble members"),
+    ("band_variance", "band var.", "mean member variance within 2 voxels of the surface"),
+    ("dice", "Dice", "Dice against the case's ground truth (when it has one)"),
+    ("dice_linear", "Dice linear", "Dice of linear slice interpolation, for comparison"),
+    ("seconds", "s", "wall time of the case"),
+    ("error", "problem", "why the case failed, in one line"),
+)
+PLAN_SHARE = 0.02  # of the bar: reading and hashing the cases
+START_SHARE = 0.03  # of the bar: starting the worker processes
 
 
-def _sync() -> bool:
-    return os.environ.get(SYNC_ENV, "").strip().lower() not in ("", "0", "false", "no")
+@dataclass(frozen=True)
+class BatchRequest:
+    inputs: str  # a folder, a glob or a CSV manifest
+    out_dir: str
+    config: ReconstructionConfig
+    priors: tuple[str, ...] = ()
+    workers: int = 2
 
 
-def _shown(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.4g}"
-    return str(value)
+@dataclass
+class BatchProgress:
+    """Where the cohort stands, for the bar and the status line (filled from the runner's reports)."""
+
+    total: int = 0
+    settled: int = 0
+    failed: int = 0
+    running: dict = field(default_factory=dict)  # task id -> fraction of that case done
+    started: bool = False  # the workers are up (or the cases run in this process)
+    shown: float = 0.0  # the fraction last shown
+
+    def fraction(self) -> float:
+        """Of the whole run: planning, starting the workers, then the cases (each as far as it reported)."""
+        if not self.total:
+            return 0.0
+        within = sum(min(1.0, max(0.0, f)) for f in self.running.values())
+        share = min(1.0, (self.settled + within) / self.total)
+        fraction = PLAN_SHARE + (START_SHARE if self.started else 0.0) + (1.0 - PLAN_SHARE - START_SHARE) * share
+        self.shown = max(self.shown, fraction)  # never backwards (a case's reports may arrive late)
+        return self.shown
+
+    def status(self) -> str:
+        busy = len(self.running)
+        if not busy and self.settled < self.total and self.started:
+            first = "the first case" if not self.settled else f"case {self.settled + 1} of {self.total}"
+            return f"{first} is starting (each worker loads torch and the prior once)"
+        parts = [f"case {min(self.settled + max(busy, 1), self.total)} of {self.total}"]
+        if busy > 1:
+            parts = [f"cases {self.settled + 1}-{self.settled + busy} of {self.total} running"]
+        if self.settled:
+            parts.append(f"{self.settled} finished" + (f" ({self.failed} failed)" if self.failed else ""))
+        return ", ".join(parts)
+
+
+def cohort_task(request: BatchRequest, cancel: CancelFlag) -> Generator[Progress, None, object]:
+    """Plan (hashing every input: seconds for a large cohort, so not in the GUI thread), then run the cohort."""
+    from ..core.cohort import plan_tasks, read_manifest, run_cohort_steps
+
+    yield Progress("plan", 0, 1, extra={"status": "reading the cases…", "overall": 0.0})
+    tasks = plan_tasks(read_manifest(request.inputs), request.config, priors=request.priors)
+    if not tasks:
+        raise InputError(f"no case to reconstruct in {request.inputs}")
+    check_cancel(cancel)
+    state = BatchProgress(total=len(tasks))
+    what = "in napari's process" if request.workers == 0 else f"on {request.workers} worker process(es)"
+    planned = f"{len(tasks)} case(s) to run {what}"
+    yield Progress("plan", 1, 1, extra={"status": planned, "overall": PLAN_SHARE})
+
+    def described(progress: Progress) -> None:
+        extra = progress.extra
+        if "row" in extra:
+            state.settled = progress.step
+            state.failed += extra["row"].get("status") == "failed"
+            state.running.pop(extra["row"].get("task"), None)
+        elif "skipped" in extra:  # before anything runs: what was done before, what is left
+            state.settled = progress.step
+            done = extra["skipped"]
+            left = f"{len(tasks) - done} to run {what}"
+            extra["status"] = f"{done} case(s) done before and unchanged, {left}" if done else planned
+            extra["overall"] = state.fraction()
+            return
+        state.running.update(extra.get("case_progress", {}))
+        state.started = state.started or "dashboard" in extra or "case_progress" in extra or request.workers == 0
+        if extra.get("starting"):
+            extra["status"] = f"starting {extra['starting']} worker process(es)…"
+            extra["overall"] = state.fraction()
+            return
+        extra["overall"] = state.fraction()
+        status = state.status()
+        if extra.get("dashboard") and extra.get("dashboard_serves"):
+            status += f"; dask dashboard {extra['dashboard']}"
+        extra["status"] = status
+
+    steps = run_cohort_steps(tasks, request.out_dir, workers=request.workers, cancel=cancel, dashboard_address=":0")
+    return (yield from relay(steps, described))
 
 
 class _PathField(QWidget):
@@ -59,12 +152,12 @@ class _PathField(QWidget):
         super().__init__()
         self.edit = QLineEdit()
         self.edit.setPlaceholderText(placeholder)
-        browse = QPushButton("Browse")
+        browse = QPushButton("Browse…")
         browse.clicked.connect(self._browse)
         self._folder = folder
         row = QHBoxLayout(self)
         row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.edit)
+        row.addWidget(self.edit, 1)
         row.addWidget(browse)
 
     def _browse(self) -> None:
@@ -84,60 +177,85 @@ class _PathField(QWidget):
         self.edit.setText(str(text))
 
 
-class BatchWidget(QWidget):
+def _shown(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+class BatchWidget(RunnerBacked, QWidget):
     """Cohort reconstruction: inputs (folder, glob or CSV), output folder, a few options, Run/Cancel, table."""
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
+        from ..core.cohort.runner import default_workers
+
         self.viewer = napari_viewer
+        self.runner = RunController("Dropsembles batch", activity=False)
+        guard_layer_removal(napari_viewer)  # napari 0.9: see gl_context
         base = ReconstructionConfig()
         self.inputs = _PathField("folder, glob or CSV manifest")
         self.out_dir = _PathField("output folder")
         self.prior = _PathField("prior .safetensors (empty: the bundled one)", folder=False)
-        self.members = QSpinBox(minimum=1, maximum=64, value=base.members)
-        self.steps = QSpinBox(minimum=0, maximum=10_000, value=base.finetune.steps)
+        members = field_range(ReconstructionConfig, "members")
+        self.members = QSpinBox(minimum=int(members.lo), maximum=int(members.hi), value=base.members)
+        steps = field_range(FinetuneConfig, "steps")
+        self.steps = QSpinBox(minimum=int(steps.lo), maximum=int(steps.hi), value=base.finetune.steps)
         self.resolution = QLineEdit()
-        self.resolution.setPlaceholderText("mm (empty: the observation's finest spacing)")
-        self.workers = QSpinBox(minimum=0, maximum=256, value=2)
-        self.workers.setToolTip("dask worker processes; 0 runs the cases one by one in napari's process")
+        self.resolution.setPlaceholderText("mm (empty: the finest spacing)")
+        self.workers = QSpinBox(minimum=0, maximum=256, value=default_workers())
+        self.workers.setToolTip("dask worker processes, one case each at a time; 0 runs the cases one by one in napari")
         self.device = QComboBox()
         self.device.addItems(DEVICE_CHOICES)
-        self.run_button = QPushButton("Run")
-        self.run_button.clicked.connect(self._run_or_cancel)
-        self.progress_bar = QProgressBar()
-        self.status = QLabel("idle")
-        self.status.setWordWrap(True)
+        self.run_panel = RunPanel(self.runner, self.run, loss_curve=False)
         self.table = QTableWidget(0, len(TABLE_COLUMNS))
-        self.table.setHorizontalHeaderLabels(TABLE_COLUMNS)
+        self.table.setHorizontalHeaderLabels([header for _key, header, _tip in TABLE_COLUMNS])
+        for column, (_key, _header, tip) in enumerate(TABLE_COLUMNS):
+            self.table.horizontalHeaderItem(column).setToolTip(tip)
+        self.table.verticalHeader().setVisible(False)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setWordWrap(False)
+        header = self.table.horizontalHeader()
+        header.setMinimumSectionSize(24)
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setStretchLastSection(True)
+        self.table.setMinimumHeight(120)
+        self.table.setToolTip("one row per case and structure; click a row to open its result")
         self.table.cellClicked.connect(lambda row, _column: self.open_case(row))
 
+        layout = scroll_layout(self)
         form = QFormLayout()
-        for label, field in (("Cases", self.inputs), ("Output", self.out_dir), ("Prior", self.prior),
-                             ("Members", self.members), ("Steps", self.steps), ("Output spacing", self.resolution),
-                             ("Workers", self.workers), ("Device", self.device)):  # fmt: skip
-            form.addRow(label, field)
-        layout = QVBoxLayout(self)
+        for label, widget in (("Cases", self.inputs), ("Output", self.out_dir), ("Prior", self.prior),
+                              ("Members", self.members), ("Steps", self.steps), ("Output spacing", self.resolution),
+                              ("Workers", self.workers), ("Device", self.device)):  # fmt: skip
+            form.addRow(label, widget)
         layout.addLayout(form)
-        layout.addWidget(self.run_button)
-        layout.addWidget(self.progress_bar)
-        layout.addWidget(self.status)
-        layout.addWidget(self.table)
-
+        layout.addWidget(self.run_panel)
+        layout.addWidget(self.table, 1)
         self.rows: list[dict] = []
-        self.tasks = []
-        self.state = "idle"  # idle, running, done, cancelled, failed
-        self._cancel: CancelToken | None = None
-        self._worker = None
+        self._out_dir = ""  # the output folder of the rows shown
+        shutdown_on_destroy(self, self.runner)
+
+    @property
+    def state(self) -> str:
+        """idle, running, done, cancelled or failed."""
+        return self.status.state.value
+
+    @property
+    def task(self) -> Task | None:
+        return self.runner.task
 
     # ------------------------------------------------------------------ running
+
     def config(self) -> ReconstructionConfig:
         text = self.resolution.text().strip()
         try:
             resolution = float(text) if text else None
         except ValueError:
-            raise DropsemblesError(f"Output spacing must be a number of mm, got {text!r}") from None
+            raise InputError(f"'Output spacing' must be a number of mm, got {text!r}") from None
         return ReconstructionConfig(
             members=self.members.value(),
             finetune=FinetuneConfig(steps=self.steps.value()),
@@ -145,129 +263,106 @@ class BatchWidget(QWidget):
             device=self.device.currentText(),
         )
 
-    def _run_or_cancel(self) -> None:
-        if self.state == "running":
-            self.cancel()
-        else:
-            self.run()
+    def request(self) -> BatchRequest:
+        """The run's parameters, checked here (each problem in one line)."""
+        if not self.inputs.value:
+            raise InputError("choose the cases (a folder, glob or CSV) and an output folder")
+        if not self.out_dir.value:
+            raise InputError("choose an output folder for the results")
+        inputs = self.inputs.value
+        if not any(ch in inputs for ch in "*?[") and not Path(inputs).exists():
+            raise InputError(f"'Cases': {inputs} does not exist")
+        return BatchRequest(
+            inputs=inputs,
+            out_dir=self.out_dir.value,
+            config=self.config(),
+            priors=(self.prior.value,) if self.prior.value else (),
+            workers=self.workers.value(),
+        )
+
+    def run(self) -> Task | None:
+        """Start the cohort in the background (None when the fields are refused, said in the status line)."""
+        if self.status.running:
+            return self.runner.task
+        try:
+            request = self.request()
+        except Exception as error:  # noqa: BLE001 - a bad field is one line, like a worker's error
+            self._ended(Outcome(RunState.FAILED, error=error))
+            return None
+        self.rows = []
+        self.table.setRowCount(0)
+        self._out_dir = request.out_dir
+        return self.runner.start(
+            partial(cohort_task, request),
+            message="reading the cases…",
+            on_progress=self._on_progress,
+            on_finished=self._ended,
+        )
 
     def cancel(self) -> None:
-        if self._cancel is not None:
-            self._cancel.set()
-            self.status.setText("cancelling after the running cases ...")
-
-    def run(self) -> None:
-        """Check the fields here; read the manifest, hash the inputs and run the cohort in the background."""
-        try:
-            if not self.inputs.value or not self.out_dir.value:
-                raise DropsemblesError("choose the cases (a folder, glob or CSV) and an output folder")
-            config = self.config()
-        except DropsemblesError as error:
-            self._finish("failed", str(error))
-            return
-        self.rows = []
-        self.tasks = []
-        self.table.setRowCount(0)
-        self.progress_bar.setValue(0)
-        self._cancel = CancelToken()
-        self.state = "running"
-        self.run_button.setText("Cancel")
-        self.status.setText("reading the cases ...")
-        steps = self._cohort_steps(
-            self.inputs.value, self.out_dir.value, config, self.prior.value, self.workers.value(), self._cancel
-        )
-        if _sync():
-            try:
-                result = drive(steps, self._on_progress)
-            except Exception as error:  # noqa: BLE001 - shown, not raised, as a thread worker would
-                self._on_error(error)
-            else:
-                self._on_done(result)
-            return
-        from napari.qt.threading import create_worker
-
-        self._worker = create_worker(lambda: (yield from steps), _start_thread=False)
-        self._worker.yielded.connect(self._on_progress)
-        self._worker.returned.connect(self._on_done)
-        self._worker.errored.connect(self._on_error)
-        self._worker.start()
-
-    def _cohort_steps(self, inputs: str, out_dir: str, config, prior: str, workers: int, cancel: CancelToken):
-        """Plan (hashing every input: seconds for a large cohort, so not in the GUI thread), then run."""
-        from ..core.cohort import plan_tasks, read_manifest, run_cohort_steps
-
-        self.tasks = plan_tasks(read_manifest(inputs), config, priors=[prior] if prior else ())
-        return (
-            yield from run_cohort_steps(self.tasks, out_dir, workers=workers, cancel=cancel, dashboard_address=":0")
-        )
+        if self.runner.cancel(force=True):
+            self.status.message = "cancelling: the cases running now finish first…"
+            self.status.changed.emit()
 
     def _on_progress(self, progress: Progress) -> None:
-        self.progress_bar.setRange(0, progress.total)
-        self.progress_bar.setValue(progress.step)
         row = progress.extra.get("row")
-        if row is not None:
+        if row is not None and not is_deleted(self):
             self.rows.append(row)
             self._add_row(row)
-        if progress.extra.get("dashboard"):
-            self.status.setText(f"running on dask; dashboard {progress.extra['dashboard']}")
-        elif progress.message:
-            self.status.setText(f"{progress.step}/{progress.total}: {progress.message}")
 
-    def _on_done(self, result) -> None:
-        from ..core.cohort import read_summary
-
-        table = read_summary(self.out_dir.value)
-        ids = {task.task_id for task in self.tasks}
-        self.rows = [row for row in table.to_dict("records") if row["task"] in ids]
-        self.table.setRowCount(0)
-        for row in self.rows:
-            self._add_row(row)
-        self._finish(
-            "done",
-            f"{result.count('done')} done ({len(result.skipped)} unchanged), "
-            f"{result.count('failed')} failed; summary: {result.summary_csv}",
-        )
-
-    def _on_error(self, error: BaseException) -> None:
-        if isinstance(error, Cancelled):
-            self._finish("cancelled", "cancelled; finished cases are kept and skipped on the next run")
-        elif isinstance(error, DropsemblesError):
-            self._finish("failed", str(error))
+    def _ended(self, outcome: Outcome) -> None:
+        if is_deleted(self):
+            return
+        if outcome.state is RunState.DONE:
+            result = outcome.value
+            self.rows = list(result.rows)
+            self.table.setRowCount(0)
+            for row in self.rows:
+                self._add_row(row)
+            failed = result.count("failed")
+            self.runner.finish(
+                RunState.DONE,
+                f"{result.count('done')} done ({len(result.skipped)} unchanged), {failed} failed;"
+                f" table: {result.summary_csv}",
+            )
+        elif outcome.state is RunState.CANCELLED:
+            self.runner.finish(RunState.CANCELLED, "cancelled: finished cases are kept and skipped on the next run")
         else:
-            self._finish("failed", f"{type(error).__name__}: {error}")
-
-    def _finish(self, state: str, message: str) -> None:
-        self.state = state
-        self.status.setText(message)
-        self.run_button.setText("Run")
-        self._worker = None
+            self.runner.finish(RunState.FAILED, outcome.message, outcome.error)
+            notify_error(f"Dropsembles batch: {outcome.message}")
 
     def _add_row(self, row: dict) -> None:
         index = self.table.rowCount()
         self.table.insertRow(index)
-        for column, name in enumerate(TABLE_COLUMNS):
-            self.table.setItem(index, column, QTableWidgetItem(_shown(row.get(name))))
+        for column, (key, _header, _tip) in enumerate(TABLE_COLUMNS):
+            item = QTableWidgetItem(_shown(row.get(key)))
+            if key == "error" and row.get(key):
+                item.setToolTip(str(row[key]))
+            self.table.setItem(index, column, item)
 
     # ------------------------------------------------------------------ results
+
     def open_case(self, index: int) -> list:
-        """Add the result layers (observation, mean, variance, mesh) of the case in table row ``index``."""
-        from .._viewer import result_folder_layer_data
+        """Add the layers of the case in table row ``index`` (observation and result, as a run in the
+        Reconstruct dock shows them); the case's name leads each layer's name."""
+        from .._viewer import add_result_folder
         from ..core.cohort import case_dir
 
         if not 0 <= index < len(self.rows):
             return []
         row = self.rows[index]
         if row.get("status") != "done":
-            self.status.setText(f"{row['task']} has no result ({row.get('status')}): {row.get('error', '')}")
+            self.status.message = f"{row['task']} has no result ({row.get('status')}): {row.get('error', '')}"
+            self.status.changed.emit()
             return []
-        folder = case_dir(self.out_dir.value, row["task"])
+        folder = case_dir(self._out_dir or self.out_dir.value, row["task"])
         observation = row.get("observation") or None
         if observation and not Path(observation).is_file():
             observation = None
-        added = []
-        for data, kwargs, layer_type in result_folder_layer_data(folder, observation):
-            name = kwargs.get("name", layer_type)  # named after the observation file, i.e. the case
-            kwargs = {**kwargs, "name": name if row["case"] in name else f"{row['task']}: {name}"}
-            added.append(getattr(self.viewer, f"add_{layer_type}")(data, **kwargs))
-        self.status.setText(f"opened {row['task']} from {folder}")
+        added = add_result_folder(self.viewer, folder, observation)
+        for layer in added:
+            if row["case"] not in layer.name:
+                layer.name = f"{row['task']}: {layer.name}"
+        self.status.message = f"opened {row['task']} from {folder}"
+        self.status.changed.emit()
         return added

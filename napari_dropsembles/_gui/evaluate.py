@@ -17,8 +17,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.errors import DropsemblesError, InputError
+from ..core.config.errors import DropsemblesError, InputError
 from .common import RunPanel, notify_error, scroll_layout, shrinkable_combos
+from .gl_context import guard_layer_removal
 from .layers import TAG, layer_to_volume, role_of
 from .run import RunController, RunnerBacked, shutdown_on_destroy
 from .state import RunState
@@ -89,6 +90,7 @@ class EvaluateWidget(RunnerBacked, QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.runner = RunController("Dropsembles: evaluate", activity=False)
+        guard_layer_removal(napari_viewer)  # napari 0.9: see gl_context
         self.output: EvaluateOutput | None = None
         self.prediction = ComboBox(label="Prediction", choices=self._image_choices, tooltip="probabilities in [0, 1]")
         self.uncertainty = ComboBox(

@@ -9,10 +9,8 @@ from pathlib import Path
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, SpinBox
 from qtpy.QtWidgets import QLabel, QWidget
 
-from ..core.config import ModelConfig
-from ..core.device import DEVICE_CHOICES
-from ..core.errors import DropsemblesError, InputError
-from ..core.pretrain import PretrainConfig
+from ..core.config.configs import DEVICE_CHOICES, ModelConfig, PretrainConfig
+from ..core.config.errors import DropsemblesError, InputError
 from .common import RunPanel, known_priors, notify_error, notify_info, scroll_layout
 from .run import RunController, RunnerBacked, shutdown_on_destroy
 from .state import RunState

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from ..core.progress import Progress
+from ..core.config.progress import Progress
 from .state import RunState, RunStatus
 from .workers import Outcome, Task
 
@@ -61,9 +61,12 @@ class RunController:
         self.task.start()
         return self.task
 
-    def cancel(self) -> bool:
-        """Ask the job to stop at its next step; False when ignored (nothing running, or a double-click)."""
-        if not self.running or self.task is None or time.perf_counter() - self._started_s < DOUBLE_CLICK_S:
+    def cancel(self, *, force: bool = False) -> bool:
+        """Ask the job to stop at its next step; False when ignored (nothing running, or, unless ``force``,
+        the second click of a double-click on Run)."""
+        if not self.running or self.task is None:
+            return False
+        if not force and time.perf_counter() - self._started_s < DOUBLE_CLICK_S:
             return False
         self.task.cancel()
         self.status.message = "cancelling…"

@@ -11,7 +11,7 @@ from enum import Enum
 
 from psygnal import Signal
 
-from ..core.progress import Progress
+from ..core.config.progress import Progress
 
 # share of one structure's run (in order)
 PHASE_WEIGHTS = {"finetune": 0.55, "check": 0.2, "predict": 0.2, "mesh": 0.05}
@@ -93,7 +93,7 @@ class RunStatus:
 
     def progress_text(self, now: float | None = None) -> str:
         """What the progress bar says: the percentage, and the time left on long runs."""
-        if self.state is RunState.IDLE:
+        if self.state in (RunState.IDLE, RunState.CANCELLED, RunState.FAILED):
             return ""
         percent = f"{100 * self.fraction:.0f}%" if self.fraction < 0.995 or not self.running else "99%"
         eta = self.eta_s(now)
@@ -108,15 +108,15 @@ class RunStatus:
         elif progress.loss is not None and progress.phase in ("finetune", "pretrain"):
             self.losses.append(float(progress.loss))
         text = progress.message or progress.phase
-        self.message = (
-            f"{text}: {progress.phase} {progress.step}/{progress.total}"
-            if progress.message
-            else (f"{text} {progress.step}/{progress.total}")
-        )
+        if progress.extra.get("status"):  # a job that says in its own words what it is doing
+            self.message = str(progress.extra["status"])
+        elif progress.message:
+            self.message = f"{text}: {progress.phase} {progress.step}/{progress.total}"
+        else:
+            self.message = f"{text} {progress.step}/{progress.total}"
         self.changed.emit()
 
     def finish(self, state: RunState, message: str, error: BaseException | None = None) -> None:
         self.state, self.message, self.error = state, message, error
-        if state is RunState.DONE:
-            self.fraction = 1.0
+        self.fraction = 1.0 if state is RunState.DONE else 0.0  # a stopped run leaves no half-full bar
         self.changed.emit()

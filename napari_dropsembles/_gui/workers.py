@@ -18,9 +18,9 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.errors import Cancelled, ConfigError, DropsemblesError, word_settings
-from ..core.faults import describe_fault
-from ..core.progress import CancelToken, Progress, drive
+from ..core.config.errors import Cancelled, ConfigError, DropsemblesError, word_settings
+from ..core.config.progress import CancelToken, Progress, drive
+from ..core.io.messages import describe_fault
 from .state import RunState
 
 SYNC_ENV = "DROPSEMBLES_SYNC_WORKERS"
@@ -87,7 +87,7 @@ def guarded_steps(
     throttle_s: float,
 ) -> Generator[Progress, None, Outcome]:
     """Run ``factory(cancel)`` to its end; yield thinned Progress; return an Outcome, never raise."""
-    last_sent, last_phase, losses = 0.0, None, []
+    last_sent, last_phase, last_status, losses = 0.0, None, None, []
     try:
         steps = factory(cancel)
         while True:
@@ -103,9 +103,11 @@ def guarded_steps(
                 losses.append(float(progress.loss))
             now = time.perf_counter()
             final = progress.step >= progress.total
-            if progress.preview is not None or progress.phase != last_phase or final or now - last_sent >= throttle_s:
+            status = progress.extra.get("status")  # a job saying in words what it does now: never dropped
+            new = progress.phase != last_phase or (status is not None and status != last_status)
+            if progress.preview is not None or new or final or now - last_sent >= throttle_s:
                 progress.extra["loss_batch"], losses = losses, []
-                last_sent, last_phase = now, progress.phase
+                last_sent, last_phase, last_status = now, progress.phase, status
                 yield progress
     except Cancelled:
         return Outcome(RunState.CANCELLED)

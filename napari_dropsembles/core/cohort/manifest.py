@@ -18,9 +18,10 @@ from functools import lru_cache
 from pathlib import Path
 
 from ... import __version__
-from ..config import ReconstructionConfig
-from ..errors import ConfigError, InputError
-from ..io import all_volume_suffixes, is_volume_path, list_labels, read_volume, volume_suffix
+from ..config.configs import ReconstructionConfig
+from ..config.errors import ConfigError, InputError
+from ..io.volumes import all_volume_suffixes, is_volume_path, read_volume, volume_suffix
+from ..volumes.masks import list_labels
 
 GROUND_TRUTH_SUFFIXES = ("_gt", "_ground_truth", "_truth")  # <stem><suffix><ext> pairs with <stem><ext>
 CSV_COLUMNS = ("case", "observation", "ground_truth", "labels")
@@ -62,7 +63,7 @@ class CohortTask:
     priors: tuple[str, ...] = ()  # prior files; () = the bundled prior
     input_hash: str = ""
     gpu: bool = False  # claims the dask resource GPU=1
-    torch_threads: int = 1
+    torch_threads: int | None = None  # None: the worker's share of the cores (core/networks/threads)
 
 
 def _safe_id(text: str) -> str:
@@ -248,7 +249,7 @@ def plan_tasks(
     priors: Sequence[str | Path] = (),
     labels: tuple[int, ...] | str | None = None,
     gpu: bool = False,
-    torch_threads: int = 1,
+    torch_threads: int | None = None,
 ) -> list[CohortTask]:
     """One task per (case, structure); ``labels`` applies to cases whose manifest gives none."""
     tasks = []

@@ -6,7 +6,9 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..io import atomic_path
+from ..io.atomic import atomic_path
+from ..scoring.metrics import REPORTED
+from ..slices.baselines import BASELINES
 from .manifest import CohortTask
 from .task import base_row, read_done_row, read_failed_row
 
@@ -14,8 +16,8 @@ SUMMARY = "summary"
 COLUMNS = (
     "task", "case", "label", "status", "error",
     "volume_ml", "volume_ml_std", "band_variance",
-    "dice", "hd95_mm", "ece", "ece_band", "nll", "brier", "auroc", "auroc_band",
-    "dice_nearest", "dice_linear", "dice_shape_based",
+    *REPORTED,
+    *(f"dice_{name}" for name in BASELINES),
     "method", "members", "device", "worker", "seconds", "cpu_s",
     "prepare_s", "finetune_s", "predict_s", "mesh_s", "evaluate_s",
     "observation", "ground_truth", "output", "input_hash",
@@ -39,7 +41,7 @@ def _label_text(value) -> str:
 
 def summary_frame(rows: Sequence[dict]):
     """A pandas DataFrame with the table's columns in a fixed order (missing values empty)."""
-    import pandas as pd
+    import pandas as pd  # pandas: loaded when a cohort summary is written
 
     frame = pd.DataFrame(list(rows))
     for column in COLUMNS:
@@ -70,7 +72,7 @@ def write_summary(rows: Sequence[dict], out_dir: str | Path) -> tuple[Path, Path
 
 def read_summary(out_dir: str | Path):
     """The summary table of a cohort folder (Parquet when present, else CSV)."""
-    import pandas as pd
+    import pandas as pd  # pandas: loaded when a cohort summary is written
 
     out = Path(out_dir)
     parquet_path = out / f"{SUMMARY}.parquet"

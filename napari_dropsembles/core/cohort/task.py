@@ -6,8 +6,9 @@ Layout of a cohort's output folder::
     failed/<task>.json   the row of a task that failed, with its one-line error
     .cohort/attempts.log one line per attempt started (task, pid, worker)
 
-A task's folder appears only when complete (written in ``cases/.tmp-<task>-<random>`` then
-renamed), and ``case.json`` holds the input hash that a rerun compares to skip it.
+A task is one call of the reconstruct job (core/jobs/reconstruct_api). Its folder appears only when
+complete (written beside it and swapped in whole by core/io/atomic), and ``case.json`` holds the input
+hash that a rerun compares to skip it.
 """
 
 from __future__ import annotations
@@ -18,16 +19,22 @@ import math
 import os
 import shutil
 import time
-import uuid
+from collections.abc import Callable
 from dataclasses import replace
-from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-from ..errors import Cancelled, DropsemblesError
-from ..io import atomic_write_bytes, binary_mask_from_volume, ensure_writable_dir, read_volume
-from ..progress import CancelFlag, drive
+from ..config.errors import Cancelled
+from ..config.progress import CancelFlag, Progress
+from ..io.atomic import TEMPORARY_TAG, atomic_folder, atomic_write_bytes, ensure_writable_dir
+from ..io.messages import one_line
+from ..jobs.reconstruct_api import ReconstructRequest, run_reconstruct
+from ..networks.threads import use_threads
+from ..results.folder import save_structures
+from ..results.structures import structure_row
+from ..scoring.metrics import REPORTED
+from ..slices.baselines import BASELINES
 from .manifest import CohortTask
 
 CASES = "cases"
@@ -35,8 +42,6 @@ FAILED = "failed"
 STATE = ".cohort"
 CASE_FILE = "case.json"
 OUTPUT_FILES = ("mean.nii.gz", "variance.nii.gz", "entropy.nii.gz", "report.json", CASE_FILE)
-METRIC_KEYS = ("dice", "hd95_mm", "ece", "ece_band", "nll", "brier", "auroc", "auroc_band")
-BASELINE_KEYS = ("nearest", "linear", "shape_based")
 
 
 def case_dir(out_dir: str | Path, task_id: str) -> Path:
@@ -83,38 +88,9 @@ def base_row(task: CohortTask) -> dict:
     }
 
 
-def one_line(error: BaseException) -> str:
-    """A user-facing error as one line (project errors as they are; others with their type)."""
-    text = str(error) if isinstance(error, DropsemblesError) else f"{type(error).__name__}: {error}"
-    return " ".join(text.split())[:500]
-
-
-@lru_cache(maxsize=4)
-def _load_prior(paths: tuple[str, ...], stamps: tuple[int, ...]):
-    """One prior file as is; several single-model priors combined (a deep ensemble), as `reconstruct --prior`."""
-    from ..checkpoint import Prior, load_prior
-    from ..errors import InputError
-
-    if not paths:
-        return load_prior(None)
-    priors = [load_prior(p) for p in paths]
-    first = priors[0]
-    if len(priors) == 1:
-        return first
-    if any(other.config != first.config for other in priors[1:]):
-        raise InputError(f"the priors {', '.join(p.name for p in priors)} have different architectures")
-    return Prior(config=first.config, models=[m for p in priors for m in p.models], training=first.training,
-                 path=first.path)
-
-
-def load_task_prior(task: CohortTask):
-    """The task's prior, loaded once per worker process (reloaded when a file changes)."""
-    return _load_prior(task.priors, tuple(Path(p).stat().st_mtime_ns for p in task.priors))
-
-
 def _worker_name() -> str:
     with contextlib.suppress(ImportError, ValueError):
-        from distributed import get_worker
+        from distributed import get_worker  # dask.distributed: loaded for cohorts only
 
         return str(get_worker().name)
     return "local"
@@ -144,53 +120,62 @@ def _metric_columns(metrics: dict | None, method: str) -> dict:
     if not metrics:
         return {}
     ours = metrics.get(method, {})
-    row = {key: _finite(ours.get(key)) for key in METRIC_KEYS}
-    for name in BASELINE_KEYS:
+    row = {key: _finite(ours.get(key)) for key in REPORTED}
+    for name in BASELINES:
         if name in metrics:
             row[f"dice_{name}"] = _finite(metrics[name].get("dice"))
     return row
 
 
-def publish_dir(tmp: Path, final: Path) -> None:
-    """Put a complete folder in place with renames, so a reader never sees a half-written one."""
-    if final.exists():
-        old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another attempt of the same task won the race: its outputs are the same
-            if not final.is_dir():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+CASE_PHASES = {"prepare": 0.02, "finetune": 0.55, "check": 0.15, "predict": 0.18, "mesh": 0.03, "evaluate": 0.07}
+PROGRESS_TOPIC = "dropsembles-case-progress"  # dask event topic of a running case's fraction
+PROGRESS_EVERY_S = 1.0
 
 
-def _reconstruct_into(task: CohortTask, folder: Path, row: dict, cancel: CancelFlag | None) -> None:
-    from ..evaluate import compare_steps
-    from ..pipeline import reconstruct
-    from ..structures import structure_row
+def case_fraction(progress: Progress) -> float:
+    """How far one case is, from a report of its reconstruction (phases in the order they run)."""
+    done = 0.0
+    for phase, weight in CASE_PHASES.items():
+        if phase == progress.phase:
+            return min(1.0, done + weight * min(progress.fraction, 1.0))
+        done += weight
+    return 0.0
 
-    prior = load_task_prior(task)
-    volume = read_volume(task.observation)
-    observation = binary_mask_from_volume(volume, label=task.label)
-    config = replace(task.config, keep_members=True)
-    result = reconstruct(observation, prior, config, cancel=cancel)
-    if task.ground_truth:
-        truth_volume = read_volume(task.ground_truth)
-        if isinstance(task.label, int):
-            truth = binary_mask_from_volume(truth_volume, label=task.label)
-        else:
-            truth = binary_mask_from_volume(truth_volume, threshold=0.5)
-        tick = time.perf_counter()
-        result.metrics = drive(
-            compare_steps(
-                result.fitted, observation, truth, threshold=config.threshold, empty_slices=config.empty_slices
-            )
-        )
-        result.timings["evaluate"] = time.perf_counter() - tick
-    stats = structure_row(task.label if isinstance(task.label, int) else 1, result)
+
+def fraction_reporter(task_id: str, tell: Callable[[str, float], None] | None) -> Callable[[Progress], None] | None:
+    """A progress callback telling ``tell(task_id, fraction)`` at most once a second (None without ``tell``)."""
+    if tell is None:
+        return None
+    last = [0.0]
+
+    def report(progress: Progress) -> None:
+        now = time.perf_counter()
+        if now - last[0] >= PROGRESS_EVERY_S:
+            last[0] = now
+            tell(task_id, case_fraction(progress))
+
+    return report
+
+
+def tell_the_client(task_id: str, fraction: float) -> None:
+    """Send a running case's fraction to the dask client (from inside a worker; nothing elsewhere)."""
+    with contextlib.suppress(Exception):  # not on a worker, or the scheduler is going away
+        from distributed import get_worker  # dask.distributed: loaded for cohorts only
+
+        get_worker().log_event(PROGRESS_TOPIC, {"task": task_id, "fraction": round(float(fraction), 3)})
+
+
+def _reconstruct_into(task: CohortTask, folder: Path, row: dict, cancel: CancelFlag | None, on_progress=None) -> None:
+    request = ReconstructRequest(
+        observation=task.observation,
+        config=replace(task.config, keep_members=True),
+        prior=task.priors,
+        label=task.label,
+        ground_truth=task.ground_truth or None,
+    )
+    structures = run_reconstruct(request, cancel=cancel, on_progress=on_progress).structures
+    ((label, result),) = structures.results.items()  # a task is one structure
+    stats = structure_row(label, result)
     row.update(
         volume_ml=stats.volume_ml,
         volume_ml_std=_finite(stats.volume_ml_std),
@@ -199,40 +184,42 @@ def _reconstruct_into(task: CohortTask, folder: Path, row: dict, cancel: CancelF
         device=result.device,
         **{f"{name}_s": round(value, 3) for name, value in result.timings.items() if name != "total"},
     )
-    result.save(folder)
+    save_structures(structures, folder)
 
 
-def run_task(task: CohortTask, out_dir: str, cancel: CancelFlag | None = None) -> dict:
-    """Reconstruct one task into ``out_dir``; return its summary row (done or failed; raises only Cancelled)."""
+def run_task(
+    task: CohortTask, out_dir: str, cancel: CancelFlag | None = None, tell: Callable[[str, float], None] | None = None
+) -> dict:
+    """Reconstruct one task into ``out_dir``; return its summary row (done or failed; raises only Cancelled).
+
+    ``tell(task_id, fraction)`` hears how far the case is, about once a second (:func:`tell_the_client`
+    on a dask worker)."""
     out = Path(out_dir)
     worker = _worker_name()
     started, cpu_started = time.perf_counter(), time.process_time()
     row = {**base_row(task), "worker": worker}
     _log_attempt(out, task, worker)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(task.torch_threads)
-    tmp = ensure_writable_dir(out / CASES) / f".tmp-{task.task_id}-{uuid.uuid4().hex[:8]}"
+    threads = contextlib.ExitStack()  # torch's threads: the worker's share of the cores (core/networks/threads)
+    threads.enter_context(use_threads("worker", fixed=task.torch_threads))
     try:
         _select_gpu(task, worker)
-        tmp.mkdir()
-        _reconstruct_into(task, tmp, row, cancel)
-        seconds = round(time.perf_counter() - started, 3)
-        cpu_s = round(time.process_time() - cpu_started, 3)  # this process's CPU time: the cost without the load
-        row.update(status="done", seconds=seconds, cpu_s=cpu_s, output=f"{CASES}/{task.task_id}")
-        atomic_write_bytes(tmp / CASE_FILE, json.dumps(row, indent=2).encode())
-        publish_dir(tmp, case_dir(out, task.task_id))
+        with atomic_folder(case_dir(out, task.task_id), keep_others=False) as tmp:  # another attempt's: replaced
+            _reconstruct_into(task, tmp, row, cancel, fraction_reporter(task.task_id, tell))
+            seconds = round(time.perf_counter() - started, 3)
+            cpu_s = round(time.process_time() - cpu_started, 3)  # this process's CPU time: the cost without the load
+            row.update(status="done", seconds=seconds, cpu_s=cpu_s, output=f"{CASES}/{task.task_id}")
+            atomic_write_bytes(tmp / CASE_FILE, json.dumps(row, indent=2).encode())
         with contextlib.suppress(FileNotFoundError):
             failed_file(out, task.task_id).unlink()
     except Cancelled:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
     except Exception as error:  # noqa: BLE001 - a failed case is recorded and the cohort goes on
-        shutil.rmtree(tmp, ignore_errors=True)
-        row.update(status="failed", error=one_line(error), seconds=round(time.perf_counter() - started, 3))
+        seconds = round(time.perf_counter() - started, 3)
+        row.update(status="failed", error=one_line(error, 500, with_type=True), seconds=seconds)
         ensure_writable_dir(out / FAILED)
         atomic_write_bytes(failed_file(out, task.task_id), json.dumps(row, indent=2).encode())
     finally:
-        torch.set_num_threads(threads)
+        threads.close()
     return row
 
 
@@ -240,5 +227,5 @@ def remove_leftovers(out_dir: str | Path, task_ids) -> None:
     """Temporary folders left by attempts that died (a killed worker) of tasks that are now settled."""
     folder = Path(out_dir) / CASES
     for task_id in task_ids:
-        for leftover in folder.glob(f".tmp-{task_id}-*"):
+        for leftover in folder.glob(f".{task_id}{TEMPORARY_TAG}*"):
             shutil.rmtree(leftover, ignore_errors=True)

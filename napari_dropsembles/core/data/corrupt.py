@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..errors import InputError
-from ..volume import Volume, affine_from_spacing
+from ..config.errors import InputError
+from ..volumes.volume import Volume, affine_from_spacing
 from .shapes import Shape, partial_volume_label
 
 

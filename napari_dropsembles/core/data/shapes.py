@@ -14,8 +14,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from scipy import ndimage
 
-from ..errors import InputError
-from ..volume import Volume, affine_from_spacing
+from ..config.errors import InputError
+from ..volumes.volume import Volume, affine_from_spacing
 
 # --------------------------------------------------------------------------------------------------
 # primitives on separate coordinate arrays

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
-from ..volume import Volume
+from ..config.errors import InputError
+from ..volumes.volume import Volume
 
 
 def keep_every_kth_slice(dense: Volume, factor: int, axis: int, offset: int = 0) -> Volume:

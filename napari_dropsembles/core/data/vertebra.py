@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..errors import InputError
+from ..config.errors import InputError
 from .shapes import (
     capsule_xyz,
     ellipse_xy,

@@ -1,0 +1,7 @@
+"""``python -m napari_dropsembles.cli``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

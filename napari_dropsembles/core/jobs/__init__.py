@@ -1,0 +1,1 @@
+"""Jobs: each one call from a request to its outputs (reconstruct, refine, suggest, evaluate, pretrain)."""
