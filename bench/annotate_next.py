@@ -86,7 +86,7 @@ def object_slices(truth: Volume) -> np.ndarray:
 
 
 def start_slices(truth: Volume, step: int) -> list[int]:
-    """Every ``step``-th slice from ``START // 2`` (as bench/real_quality.py), so that every 2nd holds every 4th."""
+    """Every ``step``-th slice from ``START // 2`` (as bench/real_quality_ts.py), so that every 2nd holds every 4th."""
     return list(range((START // 2) % step, truth.shape[AXIS], step))
 
 

@@ -4,11 +4,12 @@
 
 1. ``napari-dropsembles pretrain --steps 1 --out x.safetensors`` (procedural vertebrae, defaults): wall
    time of the command, and in this process the time to the first step, to the Fisher and to the end.
-2. The recipe of issue 21 ("Learn from real spines"): ``--init bundled --data ../shared/real/verse/vertebrae
-   --procedural-share 0.25 --slice-axes 0 1 2 --lr 3e-4 --samples 512``, ``--recipe-steps`` steps (the
-   issue ran 400): time to the first step, steps/s and training samples/s over the run and over its
-   second half (when most samples exist), and distinct samples made per second.
-3. With ``--before REF``: the same two commands from ``git archive REF`` (the code before), side by side.
+2. The bundled prior's recipe (docs/prior.md): ``--init bundled --data ../shared/real/verse/vertebrae
+   --procedural-share 0.2 --slice-axes 0 1 2 --slice-factors 1.5 7 --augment --lr 3e-4 --samples 640``,
+   ``--recipe-steps`` steps (the prior ran 800): time to the first step, steps/s and training samples/s
+   over the run and over its second half (when most samples exist), and distinct samples made per second.
+3. With ``--before REF``: the same two commands from ``git archive REF`` (the code before, e.g. affb189,
+   the last commit before the sample stream and the thread policy), side by side.
 
 Prints Markdown and JSON; writes ``OUT.md`` and ``OUT.json``.
 """
@@ -29,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_case import ROOT, checkout_env, cli, machine_load  # noqa: E402
 
 VERSE = ROOT.parent / "shared" / "real" / "verse" / "vertebrae"
-RECIPE = ["--init", "bundled", "--data", str(VERSE), "--procedural-share", "0.25", "--slice-axes", "0", "1", "2",
-          "--lr", "3e-4", "--samples", "512"]  # fmt: skip
+RECIPE = ["--init", "bundled", "--data", str(VERSE), "--procedural-share", "0.2", "--slice-axes", "0", "1", "2",
+          "--slice-factors", "1.5", "7", "--augment", "--lr", "3e-4", "--samples", "640"]  # fmt: skip
 
 
 def command_wall(args: list[str], out: Path, root: Path | None = None) -> dict:

@@ -72,7 +72,14 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "napari_dropsembles.cli", *args]
 
 
+THREAD_KEYS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "MKL_NUM_THREADS",
+               "OPENBLAS_NUM_THREADS", "DROPSEMBLES_THREADS")  # fmt: skip
+
+
 def checkout_env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, **extra}
+    """This process's environment for a child running this checkout, without the thread settings that
+    importing the package put here (the child's own import sets them again; older code runs as it did)."""
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_KEYS}
+    env.update(extra)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     return env

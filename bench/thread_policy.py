@@ -34,17 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from real_case import NAME, ROOT, BusyCores, checkout_env, cli, machine_load, write_observation  # noqa: E402
 
-from napari_dropsembles.core.networks.threads import THREADS_ENV, available_cores  # noqa: E402
+from napari_dropsembles.core.networks.threads import THREADS_ENV, available_cores, thread_cap  # noqa: E402
 
-OWN_KEYS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "MKL_NUM_THREADS",
-            "OPENBLAS_NUM_THREADS", THREADS_ENV)
 LOADS = (0, 1, 2)
 GUI_COMMAND = ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24"]
 
 
 def policy_env(policy: str, case: str) -> dict[str, str]:
-    """The child's environment for a policy (the bench's own thread settings removed)."""
-    env = {k: v for k, v in checkout_env().items() if k not in OWN_KEYS}
+    """The child's environment for a policy (the bench's own thread settings removed: bench/real_case.py)."""
+    env = checkout_env()
     cores = available_cores()
     if policy == "before":
         threads = str(max(1, cores - 1) if case == "gui" else cores)
@@ -68,7 +66,7 @@ def run_cli(args: list[str], out: Path, env: dict[str, str]) -> dict:
             "threads": threads.get("threads"), "why": threads.get("policy")}  # fmt: skip
 
 
-def run_gui(out: Path, env: dict[str, str]) -> dict:
+def run_gui(out: Path, env: dict[str, str], threads: int) -> dict:
     target = out.with_suffix(".json")
     command = [*GUI_COMMAND, sys.executable, str(ROOT / "bench" / "gui_responsiveness.py"), "--reruns", "0",
                "--json", str(target)]  # fmt: skip
@@ -78,8 +76,8 @@ def run_gui(out: Path, env: dict[str, str]) -> dict:
     if done.returncode != 0 or not target.is_file():
         return {"error": done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]}
     report = json.loads(target.read_text())
-    return {"wall_s": round(wall, 2), "in_program_s": report["run_s"], "threads": None,
-            "max_gap_ms": report["during_the_run"].get("max_ms")}  # fmt: skip
+    return {"wall_s": round(wall, 2), "in_program_s": report["run_s"], "threads": threads,
+            "max_gap_ms": report["during_the_run"].get("max_gap_ms")}  # fmt: skip
 
 
 def run_case(case: str, policy: str, folder: Path, observation: Path) -> dict:
@@ -89,7 +87,8 @@ def run_case(case: str, policy: str, folder: Path, observation: Path) -> dict:
         return run_cli(["demo", "--no-view"], out, env)
     if case == "real":
         return run_cli(["reconstruct", str(observation)], out, env)
-    return run_gui(out, env)
+    viewer = int(env[THREADS_ENV]) if THREADS_ENV in env else thread_cap("viewer", env)  # the policy's cap here
+    return run_gui(out, env, viewer)
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -116,11 +115,13 @@ def markdown(results: dict) -> str:
             for load in ("0", "1", "2"):
                 row = by_load.get(load, {})
                 if "error" in row or "in_program_s" not in row:
-                    cells.append(f"error: {row.get('error', 'not run')}")
+                    cells.append(f"error: {row['error']}" if "error" in row else "not run")
                     continue
                 text = f"{row['in_program_s']:.1f}"
                 if load != "0" and "in_program_s" in quiet:
                     text += f" ({row['in_program_s'] / quiet['in_program_s']:.2f}x)"
+                if "max_gap_ms" in row:
+                    text += f", longest event-loop gap {row['max_gap_ms']:.0f} ms"
                 cells.append(text)
             used = [by_load.get(k, {}).get("threads") or ["-"] for k in ("0", "1", "2")]
             threads = " / ".join(",".join(map(str, t)) for t in used)

@@ -14,8 +14,8 @@ no colour, opacity, visibility or contrast of any layer: what is shown is what a
   ``screenshot_ct_3d.png`` and ``screenshot_ct_table.png`` (L2 clicked in the structure table);
 - ``annotate``: the sample's ground truth drawn on every 8th axial slice; Suggest twice, paint those
   slices (from the ground truth, as a user would), Refine, Suggest: ``screenshot_annotate_loop.png``;
-- ``mri``: the real MRI sample when it is installed (``sample_data/mri_*`` or ``--mri FILE``), else skipped:
-  ``screenshot_mri_2d.png`` and ``screenshot_mri_3d.png``;
+- ``mri``: the real lumbar MRI sample (File > Open Sample; or ``--mri FILE``): ``screenshot_mri_2d.png`` and
+  ``screenshot_mri_3d.png``;
 - ``docks``: the four docks open at 1280 x 800: ``screenshot_docks.png``.
 
 Each canvas is checked not to be black (share of lit pixels). Uses the bundled prior (``--prior`` else).
@@ -247,16 +247,16 @@ def suggested_slice(viewer) -> tuple[int, int]:
 
 
 def mri_scene(args, app) -> None:
-    """The real MRI sample (the hook for it): its segmentation opened, Run, 2D and 3D."""
-    candidates = [args.mri] if args.mri else sorted((ROOT / "napari_dropsembles" / "sample_data").glob("mri_*seg*"))
-    path = next((Path(p) for p in candidates if p and Path(p).exists()), None)
-    if path is None:
-        print("mri scene skipped: no MRI sample installed (give one with --mri FILE)")
-        return
+    """The real lumbar MRI sample: File > Open Sample, Run with the defaults, 2D across the slices, then 3D.
+    ``--mri FILE`` shoots another MRI segmentation instead (its image beside it, ``seg`` -> ``image``)."""
     viewer = new_viewer()
-    for image in sorted(path.parent.glob(path.name.replace("seg", "image"))):
-        open_file(viewer, image)
-    segmentation = open_file(viewer, path)
+    if args.mri:
+        for image in sorted(args.mri.parent.glob(args.mri.name.replace("seg", "image"))):
+            open_file(viewer, image)
+        segmentation = open_file(viewer, args.mri)
+    else:
+        viewer.open_sample(PLUGIN, "lumbar_mri")  # File > Open Sample > Dropsembles > Real lumbar MRI
+        segmentation = viewer.layers["lumbar MRI segmentation"]
     widget = open_dock(viewer, args.prior)
     widget.input.value = segmentation
     press_run(widget, app)

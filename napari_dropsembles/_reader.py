@@ -35,7 +35,9 @@ def looks_like_labels(data: np.ndarray) -> bool:
 
 
 def volume_to_layer_data(volume: Volume, name: str) -> tuple:
-    """(data, kwargs, layer_type) for napari; labels stay integers, frames from the affine."""
+    """(data, kwargs, layer_type) for napari; labels stay integers, frames from the affine (voxel axes put in
+    world order first, so that napari draws a sagittal or LPS-stored file as the axis-aligned grid it is)."""
+    volume = volume.in_world_axis_order()
     data = np.asarray(volume.data)
     kwargs = {"name": name, "metadata": {"affine": volume.affine.tolist(), "source_path": None}}
     kwargs.update(volume.napari_frame())

@@ -1,4 +1,5 @@
-"""npe2 sample data: the bundled low-resolution vertebra and its dense ground truth (offline).
+"""npe2 sample data: the bundled low-resolution vertebra and its dense ground truth, and a real lumbar
+MRI segmentation (offline).
 
 When the bundled files are not installed (a source checkout without them), the same kind of
 case is simulated in memory from the procedural vertebra generator (seed 0), still offline.
@@ -7,7 +8,7 @@ case is simulated in memory from the procedural vertebra generator (seed 0), sti
 from __future__ import annotations
 
 from ._reader import read_layers, volume_to_layer_data
-from .core.config.paths import bundled_sample_paths
+from .core.config.paths import bundled_mri_path, bundled_sample_paths
 
 
 def sample_layers() -> tuple[tuple, tuple]:
@@ -28,3 +29,14 @@ def sample_vertebra() -> list[tuple]:
     truth[1]["opacity"] = 0.4
     truth[1]["visible"] = False
     return [observation, truth]
+
+
+def sample_lumbar_mri() -> list[tuple]:
+    """The real sagittal T2w lumbar MRI segmentation (T11-L5 and the sacrum, 3.3 mm between slices)."""
+    path = bundled_mri_path()
+    if not path.is_file():
+        raise FileNotFoundError(f"the bundled MRI sample is not installed ({path}): reinstall napari-dropsembles")
+    layers = read_layers(str(path))
+    for _data, meta, _kind in layers:
+        meta["name"] = "lumbar MRI segmentation"
+    return layers

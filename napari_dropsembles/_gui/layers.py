@@ -369,7 +369,9 @@ def mask_preview_layer_data(layer, level: float) -> LayerDataTuple:
 
 
 def preview_layer_data(preview: Volume, frame: InputFrame, threshold: float) -> LayerDataTuple:
-    """The coarse live mean occupancy shown while fine-tuning (removed when the run ends)."""
+    """The coarse live mean occupancy shown while fine-tuning (removed when the run ends). Its grid follows
+    the fit's frame (a thick axis last): put back in world axis order, which napari can draw."""
+    preview = preview.in_world_axis_order()
     return (
         np.asarray(preview.data, np.float32),
         {

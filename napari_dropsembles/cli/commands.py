@@ -11,7 +11,7 @@ from pathlib import Path
 from .. import cli as package  # its ``main``, looked up when the demo runs (a test may replace it)
 from ..core.cohort import parse_labels, plan_tasks, read_manifest, run_cohort_steps, shard
 from ..core.config.errors import InputError
-from ..core.config.paths import bundled_sample_paths
+from ..core.config.paths import bundled_mri_path, bundled_sample_paths
 from ..core.config.progress import Progress, drive
 from ..core.data.simulate import simulate_case
 from ..core.fitting.distributed import context_from_env
@@ -127,18 +127,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     sample = bundled_sample_paths()
-    argv = [
-        "reconstruct",
-        str(sample["observation"]),
-        "--out",
-        str(args.out),
-        "--ground-truth",
-        str(sample["ground_truth"]),
-        "--device",
-        args.device,
-        "--seed",
-        str(args.seed),
-    ] + (["--quiet"] if args.quiet else [])
+    if args.sample == "mri":
+        sample = {"observation": bundled_mri_path(), "ground_truth": None}
+    argv = ["reconstruct", str(sample["observation"]), "--out", str(args.out), "--device", args.device]
+    argv += ["--seed", str(args.seed)]
+    argv += ["--label", "each"] if args.sample == "mri" else ["--ground-truth", str(sample["ground_truth"])]
+    argv += ["--quiet"] if args.quiet else []
     started = time.perf_counter()
     code = package.main(argv)
     if code == 0 and not args.quiet:

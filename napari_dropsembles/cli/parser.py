@@ -283,6 +283,20 @@ def add_pretrain_options(p: argparse.ArgumentParser) -> None:
         metavar="AXIS",
         help="voxel axes of the training shapes a random slicing may be thick along (0 1 2: every direction)",
     )
+    p.add_argument(
+        "--slice-factors",
+        type=float,
+        nargs=2,
+        default=list(base.slice_factors),
+        metavar=("LOW", "HIGH"),
+        help="range of a training slicing's slice spacing, in multiples of its in-plane spacing",
+    )
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        default=base.augment,
+        help="with --data: mirror masks left-right (half of the samples) and scale them by 0.9-1.1",
+    )
     p.add_argument("--steps", type=int, default=base.steps)
     p.add_argument("--batch-size", type=int, default=base.batch_size)
     p.add_argument("--lr", type=float, default=base.lr)
@@ -312,6 +326,8 @@ def pretrain_configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, P
         seed=args.seed,
         procedural_share=args.procedural_share,
         slice_axes=tuple(args.slice_axes),
+        slice_factors=tuple(args.slice_factors),
+        augment=args.augment,
     )
     return model, config
 
@@ -433,7 +449,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     pre = sub.add_parser("pretrain", help="train a prior on procedural vertebrae (or a folder of dense masks)")
     pre.add_argument("--out", type=_output_arg, required=True, help="checkpoint path (.safetensors)")
-    pre.add_argument("--data", type=Path, default=None, help="folder of dense mask volumes (default: procedural)")
+    pre.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="mask volumes and folders of them (default: procedural vertebrae); a mask with thick slices is "
+        "trained on where it was drawn only",
+    )
     add_pretrain_options(pre)
     common(pre)
 
@@ -491,7 +515,14 @@ def build_parser() -> argparse.ArgumentParser:
     many.add_argument("--dashboard-address", default=":8787", help="LocalCluster dashboard address")
     common(many)
 
-    demo = sub.add_parser("demo", help="the main job on the bundled sample: reconstruct, score, write outputs")
+    demo = sub.add_parser("demo", help="the main job on a bundled sample: reconstruct, score, write outputs")
+    demo.add_argument(
+        "--sample",
+        choices=("vertebra", "mri"),
+        default="vertebra",
+        help="vertebra: a procedural vertebra at 1 x 1 x 4 mm, scored against its ground truth; mri: a real sagittal "
+        "T2w lumbar MRI segmentation (3.3 mm slices, T11-L5 and the sacrum), every vertebra reconstructed",
+    )
     demo.add_argument("--out", type=_output_arg, default=Path("dropsembles-demo"), help="output folder")
     demo.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     demo.add_argument(

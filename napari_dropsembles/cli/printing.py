@@ -66,9 +66,13 @@ class ProgressPrinter:
 def metrics_table(metrics: dict[str, dict[str, float]]) -> str:
     header = f"{'method':>14} " + " ".join(f"{k:>10}" for k in REPORTED)
     rows = [header]
+    skipped = []
     for name, values in metrics.items():
+        if "skipped" in values:
+            skipped.append(f"{name}: {values['skipped']}")
+            continue
         rows.append(f"{name:>14} " + " ".join(f"{values.get(k, float('nan')):>10.4f}" for k in REPORTED))
-    return "\n".join(rows)
+    return "\n".join(rows + skipped)
 
 
 def summary(structures) -> str:

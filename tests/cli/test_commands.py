@@ -11,6 +11,7 @@ import pytest
 from napari_dropsembles.cli import main
 from napari_dropsembles.core.io.volumes import read_volume, write_volume
 from napari_dropsembles.core.networks.checkpoint import save_prior
+from napari_dropsembles.core.slices.contour_interpolation import contour_available
 from napari_dropsembles.core.volumes.volume import Volume
 from tests.conftest import make_tiny_prior, sphere_volume
 
@@ -60,7 +61,9 @@ def test_reconstruct_writes_maps_mesh_and_report(tmp_path, files, capsys):
     ]
     report = json.loads((out / "report.json").read_text())
     assert report["members"] == 2 and report["config"]["method"] == "dropsembles"
-    assert set(report["metrics"]) == {"dropsembles", "nearest", "linear", "shape_based"}
+    assert set(report["metrics"]) == {"dropsembles", "nearest", "linear", "shape_based", "contour"}
+    contour = report["metrics"]["contour"]  # ITK's contour interpolation, or why it was skipped
+    assert ("dice" in contour) == contour_available() and ("skipped" in contour) != contour_available()
     assert 0 <= report["metrics"]["dropsembles"]["dice"] <= 1
     mean = nib.load(out / "mean.nii.gz")
     assert mean.get_data_dtype() == np.float32

@@ -125,6 +125,7 @@ class PretrainConfig:
     # with dense masks given: share of samples drawn from procedural vertebrae
     procedural_share: float = ranged(0.0, 0.0, 1.0)
     slice_axes: tuple[int, ...] = (2,)  # the shapes' voxel axes a training slicing may be thick along
+    augment: bool = False  # mask shapes mirrored left-right (half of the samples) and scaled by 0.9-1.1
 
     def __post_init__(self) -> None:
         set_fields(
@@ -138,6 +139,7 @@ class PretrainConfig:
             surface_sigma=checked(self, "surface_sigma"),
             fisher_samples=checked(self, "fisher_samples"),
             seed=seed("seed", self.seed),
+            augment=flag("augment", self.augment),
         )
 
 

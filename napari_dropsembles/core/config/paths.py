@@ -19,6 +19,11 @@ def bundled_prior_path() -> Path:
     return sample_data_dir() / "lumbar_vertebra_prior.safetensors"
 
 
+def bundled_mri_path() -> Path:
+    """The bundled real lumbar MRI segmentation (sagittal T2w, 0.59 x 0.59 x 3.3 mm, VerSe label numbers)."""
+    return sample_data_dir() / "lumbar_mri_seg.nii.gz"
+
+
 def bundled_sample_paths() -> dict[str, Path]:
     """The bundled low-resolution case: observation and its dense ground truth."""
     folder = sample_data_dir()

@@ -9,6 +9,7 @@ from .corrupt import (
     simulate_observation,
 )
 from .shapes import (
+    AugmentedShape,
     MaskShape,
     Shape,
     lattice_occupancy,
@@ -25,6 +26,7 @@ from .shapes import (
 from .vertebra import Vertebra, VertebraParams, random_vertebra, sample_vertebra_params
 
 __all__ = [
+    "AugmentedShape",
     "Corruption",
     "MaskShape",
     "Shape",

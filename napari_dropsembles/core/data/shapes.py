@@ -259,6 +259,61 @@ class MaskShape:
     def bounds_mm(self) -> tuple[np.ndarray, np.ndarray]:
         return self._bounds[0].copy(), self._bounds[1].copy()
 
+    @property
+    def observed_axis(self) -> int | None:
+        """The voxel axis of a mask with thick slices (spacing over 1.5x the finest), else None: such a mask
+        is itself an observation, known only on its slice planes."""
+        spacing = self.mask.spacing
+        axis = int(np.argmax(spacing))
+        return axis if spacing[axis] > 1.5 * spacing.min() else None
+
+    def snap_to_observed(self, points_mm: np.ndarray) -> np.ndarray:
+        """Points moved along the thick axis onto the nearest slice plane of the mask (unchanged for a dense
+        mask): where its labels are known. Pretraining puts its loss only there (core/fitting/pretrain)."""
+        axis = self.observed_axis
+        if axis is None:
+            return np.asarray(points_mm, dtype=float)
+        index = self.mask.world_to_index(np.asarray(points_mm, dtype=float))
+        index[:, axis] = np.clip(np.round(index[:, axis]), 0, self.mask.shape[axis] - 1)
+        return self.mask.index_to_world(index)
+
+
+class AugmentedShape:
+    """A shape mirrored left-right (world x) and scaled about its box centre: a training-shape augmentation
+    that keeps anatomy plausible (vertebrae are near mirror-symmetric; sizes vary by about 10 %)."""
+
+    def __init__(self, shape: MaskShape, mirror: bool = False, scale: float = 1.0) -> None:
+        self.base, self.scale = shape, float(scale)
+        self.name = getattr(shape, "name", type(shape).__name__)
+        lo, hi = shape.bounds_mm()
+        self.centre = (lo + hi) / 2
+        self._forward = np.diag([-1.0 if mirror else 1.0, 1.0, 1.0]) * self.scale
+        self._backward = np.linalg.inv(self._forward)
+        self.sdf_certifies = getattr(shape, "sdf_certifies", False)
+        self.sdf_lipschitz = getattr(shape, "sdf_lipschitz", 0.0)  # a mirror and a uniform scale keep the slope
+        self.sdf_slack_mm = getattr(shape, "sdf_slack_mm", 0.0) * self.scale
+
+    def _to_base(self, points_mm: np.ndarray) -> np.ndarray:
+        return (np.asarray(points_mm, dtype=float) - self.centre) @ self._backward.T + self.centre
+
+    def _from_base(self, points_mm: np.ndarray) -> np.ndarray:
+        return (np.asarray(points_mm, dtype=float) - self.centre) @ self._forward.T + self.centre
+
+    def occupancy(self, points_mm: np.ndarray) -> np.ndarray:
+        return self.base.occupancy(self._to_base(points_mm))
+
+    def sdf(self, points_mm: np.ndarray) -> np.ndarray:
+        return self.base.sdf(self._to_base(points_mm)) * self.scale
+
+    def bounds_mm(self) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = self.base.bounds_mm()
+        box = [[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
+        corners = self._from_base(np.array(box))
+        return corners.min(0), corners.max(0)
+
+    def snap_to_observed(self, points_mm: np.ndarray) -> np.ndarray:
+        return self._from_base(self.base.snap_to_observed(self._to_base(points_mm)))
+
 
 # --------------------------------------------------------------------------------------------------
 # sampling

@@ -8,11 +8,21 @@ of core/slices). Pretraining and reconstruction both go through it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
+from scipy import ndimage
 
 from ..config.configs import ModelConfig
-from ..slices.slice_field import SliceDistanceField, SliceReading, check_empty_slices, read_slices
+from ..networks.calibration import interpolation_features
+from ..slices.neighbours import neighbour_slices
+from ..slices.slice_field import (
+    SliceDistanceField,
+    SliceReading,
+    check_empty_slices,
+    fill_unannotated,
+    read_slices,
+)
 from ..slices.slice_uncertainty import MemberPerturbation
 from ..volumes.frame import Frame, frame_from_observation
 from ..volumes.volume import Volume
@@ -41,6 +51,25 @@ class PointInputs:
         shifted = np.tanh((sdf_mm[None] + self.perturbation.offsets_mm(world)) / unit).astype(np.float32)
         xyz = np.broadcast_to(points[None, :, :3], (shifted.shape[0], *points[:, :3].shape))
         return np.concatenate([xyz, shifted[..., None]], axis=2)
+
+    def calibration_features(self, points: np.ndarray) -> np.ndarray:
+        """The calibration head's interpolation inputs [N, F] at normalised points."""
+        assert self.field is not None, "calibration needs the shape-based interpolation (point_features 1)"
+        world = self.frame.to_world(np.asarray(points, dtype=np.float64)[:, :3])
+        return interpolation_features(neighbour_slices(self.field, world), self.field(world), self._linear(world))
+
+    @cached_property
+    def _filled_observation(self) -> np.ndarray:
+        """The observation with its slices read as not annotated filled in (what linear interpolation reads)."""
+        assert self.field is not None
+        return fill_unannotated(self.field.observation, self.field.reading)
+
+    def _linear(self, world: np.ndarray) -> np.ndarray:
+        """Linear interpolation of the observation at world points (0 outside its grid)."""
+        assert self.field is not None
+        inverse = self.field._inverse
+        index = (world @ inverse[:3, :3].T + inverse[:3, 3]).T
+        return ndimage.map_coordinates(self._filled_observation, index, order=1, mode="constant", cval=0.0)
 
 
 @dataclass(frozen=True, eq=False)

@@ -195,7 +195,7 @@ def fit_steps(
         generator=generator,
         cancel=cancel,
     )
-    live = Fitted(config.method, decoder, feature_grids, case.frame, {}, case.point_inputs)
+    live = Fitted(config.method, decoder, feature_grids, case.frame, {}, case.point_inputs, prior.calibration)
 
     def show_live(progress: Progress) -> None:
         progress.extra["live"] = live  # the members as they are now, for live previews
@@ -207,4 +207,4 @@ def fit_steps(
     decoder.eval()
     for p in decoder.parameters():
         p.requires_grad_(False)
-    return Fitted(config.method, decoder, feature_grids, case.frame, history, case.point_inputs)
+    return Fitted(config.method, decoder, feature_grids, case.frame, history, case.point_inputs, prior.calibration)

@@ -21,6 +21,7 @@ from ..config.configs import ModelConfig, PretrainConfig
 from ..config.errors import InputError, setting
 from ..config.progress import CancelFlag, Progress, check_cancel, relay
 from ..data import (
+    AugmentedShape,
     Corruption,
     MaskShape,
     Shape,
@@ -34,6 +35,7 @@ from ..networks.checkpoint import PretrainedModel, Prior
 from ..networks.ensemble import EnsembleDecoder
 from ..networks.ewc import diagonal_fisher
 from ..networks.model import VoxelEncoder, sample_features
+from ..slices.unusual_shape import DESCRIPTORS, ShapeReference, shape_descriptors
 from ..volumes.masks import binary_mask_from_volume
 from .case import make_case
 from .distributed import DistContext, TrainingNet, local_batch_size, mean_over_ranks, shard_indices, train_step, wrap
@@ -57,11 +59,13 @@ def random_training_corruption(rng: np.random.Generator, config: PretrainConfig)
 
 def make_training_sample(
     shape: Shape, rng: np.random.Generator, model_config: ModelConfig, config: PretrainConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(encoder input [2,G,G,G], decoder inputs at query points [P, 3 + k], exact occupancy [P]).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(encoder input [2,G,G,G], decoder inputs at query points [P, 3 + k], occupancy [P], the observation's
+    shape descriptors [D] (NaN when it has none; core/slices/unusual_shape)).
 
     A random slicing that keeps no foreground voxel (a small or partial mask seen through thick
-    slices) is drawn again, up to ``SLICING_ATTEMPTS`` times.
+    slices) is drawn again, up to ``SLICING_ATTEMPTS`` times. A mask that is itself thick-sliced is
+    queried only on its own slice planes (``snap_to_observed``): its labels are known nowhere else.
     """
     for _ in range(SLICING_ATTEMPTS):
         observation = simulate_observation(shape, random_training_corruption(rng, config), rng)
@@ -79,8 +83,15 @@ def make_training_sample(
     sigma_mm = config.surface_sigma * case.frame.scale_mm
     surface = case.frame.to_normalised(near_surface_points(shape, config.points_per_sample - n_uniform, sigma_mm, rng))
     points = np.clip(np.concatenate([uniform, surface]), -0.5, 0.5)
-    labels = shape.occupancy(case.frame.to_world(points)).astype(np.float32)
-    return case.encoder_input, case.point_inputs(points), labels
+    world = case.frame.to_world(points)
+    snap = getattr(shape, "snap_to_observed", None)
+    if snap is not None:
+        world = snap(world)
+        points = case.frame.to_normalised(world)
+    labels = shape.occupancy(world).astype(np.float32)
+    descriptors = shape_descriptors(observation)
+    descriptors = np.full(len(DESCRIPTORS), np.nan) if descriptors is None else descriptors
+    return case.encoder_input, case.point_inputs(points), labels, descriptors
 
 
 _POOL_SHAPES: Sequence[Shape] | None = None  # the training shapes, set in every sample worker by _init_pool
@@ -95,9 +106,9 @@ def _init_pool(shapes: Sequence[Shape] | None) -> None:
 def _pool_sample(index: int, seed: int, pool: int, model_config: ModelConfig, config: PretrainConfig) -> Sample:
     """Training sample ``index`` of a run: the same wherever and whenever it is made."""
     rng = np.random.default_rng([seed, index])
-    shape = shape_source(_POOL_SHAPES, pool, seed, config.procedural_share)(rng)
-    grid, points, labels = make_training_sample(shape, rng, model_config, config)
-    return grid.astype(np.float16), points, labels.astype(np.uint8)
+    shape = shape_source(_POOL_SHAPES, pool, seed, config.procedural_share, config.augment)(rng)
+    grid, points, labels, descriptors = make_training_sample(shape, rng, model_config, config)
+    return grid.astype(np.float16), points, labels.astype(np.uint8), descriptors
 
 
 def training_stream(
@@ -130,35 +141,50 @@ def training_stream(
 
 def shapes_from_folder(folder: str | os.PathLike) -> list[Shape]:
     """Every volume file of a folder of dense masks as a training shape (all labels merged)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"the training data must be a folder of dense mask volumes, got {folder}")
-    files = sorted(p for p in folder.iterdir() if is_volume_path(p))
-    if not files:
-        raise InputError(f"no volume files ({', '.join(all_volume_suffixes())}) in {folder}")
+    return training_shapes([folder])
+
+
+def training_shapes(paths: Sequence[str | os.PathLike]) -> list[Shape]:
+    """Training shapes from mask files and folders of them (every volume file of a folder; all labels of a
+    file merged). A mask with thick slices is trained on where it was drawn only (MaskShape.snap_to_observed)."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if is_volume_path(p))
+            if not found:
+                raise InputError(f"no volume files ({', '.join(all_volume_suffixes())}) in {path}")
+            files += found
+        elif path.is_file() and is_volume_path(path):
+            files.append(path)
+        else:
+            raise InputError(f"the training data must be mask volumes or folders of them, got {path}")
     shapes = []
     for path in files:
         try:
             shape = MaskShape(binary_mask_from_volume(read_volume(path), label="all"))
         except InputError as error:
-            raise InputError(f"{path.name}: {error} (fix or remove this file from {folder})") from None
+            raise InputError(f"{path.name}: {error} (fix or remove this file from {path.parent})") from None
         shape.name = path.name
         shapes.append(shape)
     return shapes
 
 
 def shape_source(
-    shapes: Sequence[Shape] | None, pool: int, seed: int, procedural_share: float = 0.0
+    shapes: Sequence[Shape] | None, pool: int, seed: int, procedural_share: float = 0.0, augment: bool = False
 ) -> Callable[[np.random.Generator], Shape]:
-    """Draw training shapes: from given shapes (mixed with a ``procedural_share`` of fresh vertebrae),
-    a fixed procedural pool, or fresh vertebrae."""
+    """Draw training shapes: from given shapes (mixed with a ``procedural_share`` of fresh vertebrae; with
+    ``augment``, mask shapes mirrored left-right half of the time and scaled by 0.9-1.1), a fixed procedural
+    pool, or fresh vertebrae."""
     if shapes:
         items = list(shapes)
 
         def draw(rng: np.random.Generator) -> Shape:
             if procedural_share > 0 and rng.random() < procedural_share:
                 return random_vertebra(rng)
-            return items[int(rng.integers(len(items)))]
+            shape = items[int(rng.integers(len(items)))]
+            if augment and isinstance(shape, MaskShape):
+                return AugmentedShape(shape, mirror=bool(rng.random() < 0.5), scale=float(rng.uniform(0.9, 1.1)))
+            return shape
 
         return draw
     if pool > 0:
@@ -196,8 +222,9 @@ def pretrain_model_steps(
     cancel: CancelFlag | None = None,
     dist: DistContext = DistContext(),
     init: PretrainedModel | None = None,
-) -> Generator[Progress, None, PretrainedModel]:
-    """Train one network with dropout; yields Progress; returns it with its Fisher.
+) -> Generator[Progress, None, tuple[PretrainedModel, np.ndarray]]:
+    """Train one network with dropout; yields Progress; returns it with its Fisher, and the shape descriptors
+    of the observations it trained on ([samples, D], core/slices/unusual_shape).
 
     ``init``: start from this trained network's weights (fine-tune a prior on new shapes) instead
     of a random initialisation; its architecture must be ``model_config``'s.
@@ -244,7 +271,7 @@ def pretrain_model_steps(
             else:
                 for _ in waiting:
                     pass
-            pool_grids, pool_points, pool_labels = stream.batch(step)
+            pool_grids, pool_points, pool_labels, _ = stream.batch(step)
             pick = torch.randint(n_points, (batch_size, half), generator=gen)
             grids = pool_grids.float().to(device)
             points = torch.gather(pool_points, 1, pick[..., None].expand(-1, -1, pool_points.shape[-1])).to(device)
@@ -272,14 +299,15 @@ def pretrain_model_steps(
     fisher_batches = []
     with torch.no_grad():
         for row in range(made - 1, made - 1 - min(config.fisher_samples, made), -1):  # the last ones made
-            grid, sample_points, _ = stream.stack([row])
+            grid, sample_points, _, _ = stream.stack([row])
             feats = sample_features(encoder(grid.float().to(device)), sample_points.to(device))
             fisher_batches.append((sample_points[0, ::4].to(device), feats[0, ::4]))
     yield Progress("fisher", 1, 1)
     decoder.eval()
     fisher = diagonal_fisher(decoder, fisher_batches)
     state = {name: p.detach().cpu().clone() for name, p in decoder.parameter_dict().items()}
-    return PretrainedModel(encoder=encoder.cpu(), decoder=state, fisher={k: v.cpu() for k, v in fisher.items()})
+    model = PretrainedModel(encoder=encoder.cpu(), decoder=state, fisher={k: v.cpu() for k, v in fisher.items()})
+    return model, np.stack([sample[3] for sample in stream.samples])
 
 
 def pretrain_steps(
@@ -304,7 +332,7 @@ def pretrain_steps(
     if init is not None:
         check_init_prior(model_config, init)
     started = time.perf_counter()
-    trained = []
+    trained, descriptors = [], []
     for i in range(models):
         run = pretrain_model_steps(
             model_config,
@@ -321,9 +349,11 @@ def pretrain_steps(
             progress.extra["model"] = i
             progress.message = f"model {i + 1}/{models}"
 
-        trained.append((yield from relay(run, tag)))
+        model, seen = yield from relay(run, tag)
+        trained.append(model)
+        descriptors.append(seen)
     training = {
-        "data": "procedural lumbar vertebrae" if not shapes else f"{len(shapes)} dense masks",
+        "data": "procedural lumbar vertebrae" if not shapes else _describe_masks(shapes),
         "pretrain": asdict(config),
         "models": models,
         "wall_time_s": round(time.perf_counter() - started, 1),
@@ -332,4 +362,25 @@ def pretrain_steps(
     }
     if init is not None:
         training["started_from"] = init.name
-    return Prior(config=model_config, models=trained, training=training)
+    return Prior(
+        config=model_config, models=trained, training=training, shape_reference=_shape_reference(descriptors, shapes)
+    )
+
+
+def _describe_masks(shapes: Sequence[Shape]) -> str:
+    thick = sum(getattr(shape, "observed_axis", None) is not None for shape in shapes)
+    return (
+        f"{len(shapes)} masks ({thick} with thick slices, trained where they were drawn)"
+        if thick
+        else (f"{len(shapes)} dense masks")
+    )
+
+
+def _shape_reference(descriptors: list[np.ndarray], shapes: Sequence[Shape] | None) -> ShapeReference | None:
+    """The unusual-shape reference of the observations a prior trained on (None: too few to describe)."""
+    vectors = [v for v in np.concatenate(descriptors) if np.isfinite(v).all()]
+    source = "procedural vertebrae" if not shapes else f"{len(shapes)} mask shapes"
+    try:
+        return ShapeReference.fit(vectors, {"observations": len(vectors), "shapes": source})
+    except ValueError:
+        return None

@@ -7,14 +7,14 @@ rank writes the one checkpoint.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config.configs import ModelConfig, PretrainConfig
 from ..config.progress import CancelFlag, Progress, check_cancel, drive, relay
 from ..fitting.distributed import init_distributed, shutdown
-from ..fitting.pretrain import pretrain_steps, shapes_from_folder
+from ..fitting.pretrain import pretrain_steps, training_shapes
 from ..io.atomic import ensure_writable_dir
 from ..io.output_paths import check_output_path
 from ..networks.checkpoint import Prior, save_prior
@@ -29,7 +29,7 @@ class PretrainRequest:
     model_config: ModelConfig = field(default_factory=ModelConfig)  # ignored with ``init`` (its own is kept)
     config: PretrainConfig = field(default_factory=PretrainConfig)
     models: int = 1  # independent networks (a deep-ensemble prior)
-    data: PathLike | None = None  # a folder of dense masks (None: procedural vertebrae)
+    data: PathLike | Sequence[PathLike] | None = None  # masks and folders of them (None: procedural vertebrae)
     init: Prior | PathLike | None = None  # fine-tune this prior ("bundled": the bundled one) instead of starting afresh
     device: str = "auto"
     workers: int = 0  # training-sample worker processes (0: chosen for the machine; 1: none)
@@ -50,13 +50,15 @@ def pretrain_job_steps(
     init = request.init
     if init is not None and not isinstance(init, Prior):
         init = load_prior_file(None if str(init) == BUNDLED else init)
-    inputs = {"--data folder": None if request.data is None else Path(request.data)}
+    data = request.data
+    data = [] if data is None else [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    inputs = {f"--data {i + 1}": Path(path) for i, path in enumerate(data)}
     if init is not None and init.path is not None:
         inputs["--init prior"] = init.path
     out = check_output_path(Path(os.fspath(request.out)).expanduser(), suffix=".safetensors", inputs=inputs)
     ensure_writable_dir(out.parent)
     yield Progress("prepare", 0, 1, message="preparing the training data")
-    shapes = shapes_from_folder(request.data) if request.data is not None else None
+    shapes = training_shapes(data) if data else None
     model_config = init.config if init is not None else request.model_config
     dist, device = init_distributed(request.device)  # under torchrun: one rank of a DDP run
     steps = pretrain_steps(

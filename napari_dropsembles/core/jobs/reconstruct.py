@@ -36,6 +36,7 @@ __all__ = [
     "Reconstruction",
     "ReconstructionConfig",
     "case_for",
+    "check_shape",
     "diversify_members",
     "finish_steps",
     "reconstruct",
@@ -71,6 +72,21 @@ def diversify_members(fitted: Fitted, observation: Volume, config: Reconstructio
     return model
 
 
+def check_shape(
+    fitted: Fitted, observation: Volume, prior: Prior, slice_model: SliceUncertainty | None
+) -> dict | None:
+    """How unlike the prior's training shapes the observation is (core/slices/unusual_shape). An unusual
+    one is answered by shape-based interpolation with its between-slice uncertainty instead of the network:
+    measured on organs and other bones, the network and its head were below plain interpolation there
+    (docs/REAL.md). None when the prior carries no shape reference."""
+    if prior.shape_reference is None:
+        return None
+    assessment = prior.shape_reference.assess(observation)
+    fallback = assessment["unusual"] and slice_model is not None
+    fitted.fallback = slice_model if fallback else None
+    return {**assessment, "answered_by": fitted.answered_by()}
+
+
 def case_for(observation: Volume, prior: Prior, config: ReconstructionConfig, frame: Frame | None = None) -> Case:
     """The case of an observation as ``config`` reads it (empty slices, annotation axis); ``frame`` to reuse one."""
     case = make_case(
@@ -99,6 +115,7 @@ def finish_steps(
     device: torch.device,
     slice_model: SliceUncertainty | None = None,
     check: dict | None = None,
+    shape_check: dict | None = None,
     cancel: CancelFlag | None = None,
 ) -> Generator[Progress, None, Reconstruction]:
     """Maps on ``grid`` (affine, shape), the mesh, and the :class:`Reconstruction` (shared by
@@ -137,6 +154,7 @@ def finish_steps(
         slice_check=check,
         reading=case.reading,
         prior=prior,
+        unusual_shape=shape_check,
     )
     result._surface = surface  # the threshold slider starts from the prepared grid
     return result
@@ -172,6 +190,7 @@ def reconstruct_steps(
 
     fitted = yield from relay(fit_steps(case, prior, config, device=device, cancel=cancel), attach_preview)
     slice_model = diversify_members(fitted, observation, config)
+    shape_check = check_shape(fitted, observation, prior, slice_model)
     timings["finetune"] = time.perf_counter() - tick
     check = None
     if config.slice_check:
@@ -192,6 +211,7 @@ def reconstruct_steps(
             device=device,
             slice_model=slice_model,
             check=check,
+            shape_check=shape_check,
             cancel=cancel,
         )
     )

@@ -44,7 +44,7 @@ from ..results.members import Grid, WarmStart
 from ..results.reconstruction import Reconstruction
 from ..volumes.frame import Frame
 from ..volumes.masks import check_binary_mask
-from .reconstruct import case_for, diversify_members, finish_steps
+from .reconstruct import case_for, check_shape, diversify_members, finish_steps
 
 __all__ = [
     "REFINE_STEPS",
@@ -122,7 +122,7 @@ def warm_fit_steps(
     decoder.eval()
     for p in decoder.parameters():
         p.requires_grad_(False)
-    return Fitted(config.method, decoder, feature_grids, case.frame, history, case.point_inputs)
+    return Fitted(config.method, decoder, feature_grids, case.frame, history, case.point_inputs, prior.calibration)
 
 
 def _round_config(start: WarmStart, config: ReconstructionConfig | None, steps: int | None) -> ReconstructionConfig:
@@ -167,6 +167,7 @@ def refine_steps(
     tick = time.perf_counter()
     fitted = yield from warm_fit_steps(case, start, config, device=device, cancel=cancel)
     slice_model = diversify_members(fitted, observation, config)
+    shape_check = check_shape(fitted, observation, start.prior, slice_model)
     timings["finetune"] = time.perf_counter() - tick
     grid = target if target is not None else start.grid
     if target is None and frame is None and start.default_grid:
@@ -182,6 +183,7 @@ def refine_steps(
         started=started,
         device=device,
         slice_model=slice_model,
+        shape_check=shape_check,
         cancel=cancel,
     )
     refined.rounds = start.rounds + 1

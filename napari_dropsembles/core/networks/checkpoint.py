@@ -2,8 +2,11 @@
 
 Tensors: ``model{i}.encoder.*``, ``model{i}.decoder.*`` (also the EWC anchor) and
 ``model{i}.fisher.*`` for each of the file's independently pretrained models (a deep-ensemble
-prior holds several). Metadata (strings): ``format``, ``format_version``, ``package_version``,
-``config`` (ModelConfig JSON) and ``training`` (JSON description of the data, seed, steps, time).
+prior holds several); optionally ``calibration.*`` (the calibration head, core/networks/calibration)
+and ``shape_reference.*`` (the descriptors of its training shapes, core/slices/unusual_shape).
+Metadata (strings): ``format``, ``format_version``, ``package_version``, ``config`` (ModelConfig
+JSON), ``training`` (JSON description of the data, seed, steps, time) and, with those tensors,
+``calibration`` and ``shape_reference`` (JSON, with their provenance).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from ..config.errors import CheckpointError, InputError, setting
 from ..config.paths import bundled_prior_path
 from ..io.atomic import atomic_write_bytes
 from ..io.messages import one_line
+from ..slices.unusual_shape import ShapeReference
+from .calibration import Calibration
 from .ensemble import DECODER_PARAMS, _decoder_shapes
 from .model import VoxelEncoder
 
@@ -47,6 +52,8 @@ class Prior:
     models: list[PretrainedModel]
     training: dict = field(default_factory=dict)
     path: Path | None = None
+    calibration: Calibration | None = None  # learned on real anatomy; None: the members' own probabilities
+    shape_reference: ShapeReference | None = None  # its training shapes, for the unusual-shape score
 
     @property
     def name(self) -> str:
@@ -99,6 +106,10 @@ def save_prior(prior: Prior, path: str | Path) -> Path:
         "config": json.dumps(prior.config.to_dict()),
         "training": json.dumps(prior.training),
     }
+    for part, key in ((prior.calibration, "calibration"), (prior.shape_reference, "shape_reference")):
+        if part is not None:
+            extra, metadata[key] = part.to_file()
+            tensors.update(extra)
     atomic_write_bytes(path, save_bytes(tensors, metadata=metadata))
     return path
 
@@ -243,4 +254,11 @@ def load_prior(path: str | Path | None = None) -> Prior:
             models.append(PretrainedModel(encoder=encoder, decoder=decoder, fisher=fisher))
     except (RuntimeError, ValueError, TypeError) as error:
         raise CheckpointError(f"{path}: the weights do not build its model ({one_line(error, 160)})") from None
-    return Prior(config=config, models=models, training=training, path=path)
+    calibration = reference = None
+    if "calibration" in meta:
+        calibration = Calibration.from_file(tensors, meta["calibration"], str(path))
+    if "shape_reference" in meta:
+        reference = ShapeReference.from_file(tensors, meta["shape_reference"], str(path))
+    return Prior(
+        config=config, models=models, training=training, path=path, calibration=calibration, shape_reference=reference
+    )

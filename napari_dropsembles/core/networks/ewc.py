@@ -19,9 +19,12 @@ from .ensemble import DECODER_PARAMS, EnsembleDecoder
 
 
 def diagonal_fisher(
-    decoder: EnsembleDecoder, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], chunk: int = 512
+    decoder: EnsembleDecoder, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], chunk: int = 128
 ) -> dict[str, torch.Tensor]:
-    """Mean-1 diagonal Fisher of a single-member decoder over ``(points [N,3], features [N,C])`` batches."""
+    """Mean-1 diagonal Fisher of a single-member decoder over ``(points [N,3], features [N,C])`` batches.
+
+    ``chunk`` points' gradients at a time: 128 took 1.5 CPU-s for 8192 points of the default decoder,
+    512 took 3.4-4.3 (the per-point gradients no longer fit the caches); the results agree to 5e-7."""
     if decoder.members != 1:
         raise ValueError("the Fisher is estimated on the pretrained single decoder (members=1)")
     params = {name: p.detach() for name, p in decoder.parameter_dict().items()}

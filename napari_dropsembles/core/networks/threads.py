@@ -1,10 +1,14 @@
 """How many threads torch uses on the CPU, and how its idle threads wait: one policy for the command
 line, napari and dask workers.
 
-- Idle OpenMP threads sleep (``OMP_WAIT_POLICY=PASSIVE``) instead of spinning. A spinning thread
-  that shares its core with another busy process burns the time its partner needs: the demo took
-  2.9x its quiet time against one ``while True: pass`` with torch's defaults. Set before torch
-  loads (:func:`prepare_threads`); a user's own ``OMP_WAIT_POLICY`` / ``GOMP_SPINCOUNT`` wins.
+- Idle OpenMP threads spin only briefly before they sleep (``GOMP_SPINCOUNT=10000``, about 10 us,
+  instead of GNU OpenMP's 300,000). A spinning thread that shares its core with another busy process
+  burns the time its partner needs: the demo took 2.0-2.9x its quiet time against one
+  ``while True: pass`` with torch's defaults. Sleeping at once (``OMP_WAIT_POLICY=PASSIVE``) cost the
+  quiet demo's fine-tuning 50 % (wake-ups between its many small operations: 6.3-11.3 s against 7.5-7.7 s
+  with the short spin and 6.3-6.4 s spinning forever; two runs each, docs/PERFORMANCE.md). Under load the
+  thread count below already keeps threads off busy cores. Set before torch loads
+  (:func:`prepare_threads`); a user's own ``OMP_WAIT_POLICY`` / ``GOMP_SPINCOUNT`` wins.
 - numpy's and scipy's OpenBLAS run on one thread (``OPENBLAS_NUM_THREADS=1`` before numpy loads,
   threadpoolctl during a run where it loaded first). Their calls here are small coordinate
   transforms ((N, 3) x (3, 3)) that gain nothing from threads, and OpenBLAS threads spin too: on a
@@ -36,7 +40,7 @@ from ..config.errors import InputError
 
 THREADS_ENV = "DROPSEMBLES_THREADS"  # "auto" or a positive integer
 WORKERS_ENV = "DROPSEMBLES_WORKERS"  # set by our LocalCluster in its workers: worker processes on this machine
-WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}  # GNU and Intel OpenMP
+WAIT_POLICY = {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "0"}  # GNU OpenMP (torch's), Intel OpenMP
 USER_WAIT_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 BLAS_THREADS = "OPENBLAS_NUM_THREADS"  # numpy's and scipy's OpenBLAS (torch's own BLAS is MKL, on OpenMP)
 CONTEXTS = ("cli", "viewer", "worker")

@@ -67,6 +67,7 @@ class Reconstruction:
     reading: SliceReading | None = None  # the slice axis (thick or annotation axis) and the gaps
     prior: Prior | None = field(default=None, repr=False)  # the prior it was fitted from (core/refine warm-starts)
     rounds: int = 0  # refinements since the first reconstruction (core/refine)
+    unusual_shape: dict | None = None  # score, threshold, unusual (core/slices/unusual_shape); None: not assessed
 
     _surface: IsoSurface | None = field(default=None, init=False, repr=False)
 
@@ -89,6 +90,13 @@ class Reconstruction:
         grid = self.maps.mean.with_data(self.maps.members[member].astype(np.float32))
         return extract_mesh(grid, level, self.maps.variance)
 
+    def calibration_report(self) -> dict | None:
+        """What answered the queries (calibrated network, interpolation) and where the calibration came from."""
+        calibration = self.fitted.calibration
+        if calibration is None:
+            return None
+        return {"answered_by": self.fitted.answered_by(), "provenance": calibration.provenance}
+
     def notes(self, setting: Callable[[str, object], str] = config_setting) -> list[str]:
         """What the user should know about how the observation was read.
 
@@ -96,6 +104,16 @@ class Reconstruction:
         by default ``empty_slices='background'``; the CLI passes its options, the GUI its fields.
         """
         notes = []
+        unusual = self.unusual_shape
+        if unusual and unusual["unusual"]:
+            fallback = unusual.get("answered_by") == "interpolation"
+            notes.append(
+                "This shape is unlike the shapes the prior was trained on (unusual-shape score "
+                f"{unusual['score']:.0f}, usual up to {unusual['threshold']:.0f}): "
+                + ("the network was not used; the surface is interpolated between the drawn slices." if fallback
+                   else "trust the reconstruction less.")
+                + " Check it."
+            )
         gaps_note = self._gaps_note(setting)
         if gaps_note:
             notes.append(gaps_note)
@@ -153,6 +171,8 @@ class Reconstruction:
             "refine_rounds": self.rounds,
             "slice_uncertainty": None if self.slice_uncertainty is None else self.slice_uncertainty.to_dict(),
             "held_out_check": self.slice_check,
+            "unusual_shape": self.unusual_shape,
+            "calibration": self.calibration_report(),
             "notes": self.notes(),
             "mesh": {"vertices": int(len(self.mesh.vertices_mm)), "faces": int(len(self.mesh.faces))},
             "finetune": {

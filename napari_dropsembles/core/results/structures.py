@@ -129,11 +129,16 @@ def structure_table(
 
 
 def _flag_failed_check(row: StructureRow, result: Reconstruction) -> StructureRow:
-    """The table flags what the notes say: interpolation predicted the held-out drawn slices better."""
-    if not check_failed(result.slice_check):
+    """The table flags what the notes say: a shape unlike the prior's training shapes, or interpolation
+    predicting the held-out drawn slices better."""
+    reasons = [row.reason] if row.reason else []
+    if result.unusual_shape and result.unusual_shape["unusual"]:
+        reasons.append("unlike the prior's training shapes")
+    if check_failed(result.slice_check):
+        reasons.append("interpolation predicted its held-out drawn slices better")
+    if len(reasons) == (1 if row.reason else 0):
         return row
-    reason = "interpolation predicted its held-out drawn slices better"
-    return replace(row, flagged=True, reason=f"{row.reason}; {reason}" if row.reason else reason)
+    return replace(row, flagged=True, reason="; ".join(reasons))
 
 
 def concatenate_meshes(meshes: list[Mesh]) -> Mesh:

@@ -18,6 +18,7 @@ from ..fitting.fitted import Fitted
 from ..querying.maps import EnsembleMaps
 from ..querying.predict import predict_grid_steps
 from ..slices.baselines import BASELINES, interpolate_observation
+from ..slices.contour_interpolation import SKIPPED, contour_available
 from ..slices.slice_field import SliceReading
 from ..volumes.volume import Volume
 from .metrics import auroc, evaluate_probabilities, surface_band
@@ -51,13 +52,17 @@ def score_baselines(
     empty_slices: str = "unobserved",
     reading: SliceReading | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Nearest, linear and shape-based interpolation of the observation, scored on the GT grid.
+    """Nearest, linear, shape-based and contour interpolation of the observation, scored on the GT grid.
 
+    Contour interpolation needs the optional ITK package; without it its entry is ``{"skipped": why}``.
     ``reading``: the slices read as not annotated (a reconstruction's ``result.reading``); by default
     read from the observation as the baselines do."""
     gt = np.asarray(ground_truth.data) > 0
     scores = {}
     for method in BASELINES:
+        if method == "contour" and not contour_available():
+            scores[method] = {"skipped": SKIPPED}
+            continue
         grid = (ground_truth.affine, ground_truth.shape)
         probs = interpolate_observation(observation, *grid, method, empty_slices=empty_slices, reading=reading)
         scores[method] = evaluate_probabilities(probs, gt, ground_truth.spacing, threshold=threshold)

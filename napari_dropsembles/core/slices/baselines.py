@@ -11,9 +11,10 @@ from scipy import ndimage
 
 from ..config.errors import InputError
 from ..volumes.volume import Volume
+from .contour_interpolation import SKIPPED, contour_available, contour_interpolate
 from .slice_field import SliceDistanceField, SliceReading, fill_unannotated, read_slices
 
-BASELINES = ("nearest", "linear", "shape_based")
+BASELINES = ("nearest", "linear", "shape_based", "contour")  # contour: ITK, optional (contour_available)
 
 _CHUNK_VOXELS = 1 << 20  # target voxels per chunk (bounded memory for 256^3 and beyond)
 
@@ -47,6 +48,8 @@ def interpolate_observation(
 
     - ``nearest``: value of the nearest observation voxel; 0 outside the observation grid.
     - ``linear``: trilinear interpolation; the grid is extended with 0 outside.
+    - ``contour``: ITK's morphological contour interpolation (what 3D Slicer's "Fill between slices"
+      does), 0/1; needs the optional ITK package (:func:`~.contour_interpolation.contour_available`).
     - ``shape_based``: 2D signed distances (mm) of each slice along the observation's thickest
       axis, trilinearly interpolated (0/1 observation thresholded at 0.5; an empty layer is
       assumed one voxel beyond the grid, 0 further out), probability ``sigmoid(-sdf / min(spacing))``;
@@ -72,6 +75,10 @@ def interpolate_observation(
     out = np.zeros(target_shape, dtype=np.float32)
     tail = target_shape[1:]
 
+    if method == "contour":
+        if not contour_available():
+            raise InputError(f"the contour baseline is {SKIPPED}")
+        return contour_interpolate(observation, target_affine, target_shape, reading)
     if method == "nearest":
         src = fill_unannotated(observation, reading, nearest=True)
         for rows, idx in _target_chunks(index_map, target_shape):

@@ -23,7 +23,7 @@ def test_a_small_real_mask_gets_a_slicing_that_keeps_foreground():
     rib = MaskShape(read_volume(REAL / "rib_left_12.nii.gz"))  # 141 voxels of 3 mm: often missed by thick slices
     config = PretrainConfig(points_per_sample=256, slice_factors=(3.0, 5.0), in_plane_mm=(2.5, 3.0))
     for seed in range(6):
-        grid, points, labels = make_training_sample(rib, np.random.default_rng(seed), TINY, config)
+        grid, points, labels, descriptors = make_training_sample(rib, np.random.default_rng(seed), TINY, config)
         assert grid[0].sum() > 0 and len(points) == len(labels) == 256
 
 
@@ -125,3 +125,36 @@ def test_training_samples_made_by_worker_processes_equal_those_made_here():
             batches.append([stream.batch(step) for step in range(1, config.steps + 1)])
     for here, there in zip(*batches, strict=True):
         assert all(torch.equal(a, b) for a, b in zip(here, there, strict=True))
+
+
+def test_a_thick_sliced_training_mask_is_labelled_only_on_its_own_slices():
+    class Recording(MaskShape):
+        """Remembers where it was last asked for occupancy: the query points' labels come last."""
+
+        def occupancy(self, points_mm):
+            self.asked = np.asarray(points_mm)
+            return super().occupancy(points_mm)
+
+    truth = read_volume(REAL / "vertebrae_L2.nii.gz")
+    affine = np.array(truth.affine, dtype=float)
+    affine[:3, 2] *= 3
+    sparse = Recording(Volume(np.ascontiguousarray(np.asarray(truth.data)[:, :, ::3]), affine))  # 3 x 3 x 9 mm
+    config = PretrainConfig(points_per_sample=256, slice_factors=(1.0, 2.0), in_plane_mm=(2.5, 3.0), slice_axes=(0,))
+    _, points, labels, descriptors = make_training_sample(sparse, np.random.default_rng(0), TINY, config)
+    assert len(sparse.asked) == len(points) == len(labels) == 256 and 0 < labels.sum() < 256
+    index = sparse.mask.world_to_index(sparse.asked)
+    assert np.allclose(index[:, 2], np.round(index[:, 2]), atol=1e-6)  # every label sits on one of its slices
+    assert np.isfinite(descriptors).all()
+
+
+def test_a_pretrained_prior_describes_its_training_shapes():
+    from napari_dropsembles.core.config.progress import drive
+    from napari_dropsembles.core.fitting.pretrain import pretrain_steps
+
+    shapes = [MaskShape(read_volume(REAL / f"vertebrae_{name}.nii.gz")) for name in ("L1", "L2", "L3")]
+    config = PretrainConfig(steps=6, batch_size=8, samples=16, points_per_sample=64, fisher_samples=1, augment=True)
+    prior = drive(pretrain_steps(TINY, config, shapes=shapes, workers=1))
+    reference = prior.shape_reference  # every observation trained on (at most the 16 of the pool)
+    assert reference is not None and 12 <= reference.count <= 16
+    assert reference.provenance == {"observations": reference.count, "shapes": "3 mask shapes"}
+    assert prior.training["pretrain"]["augment"] is True

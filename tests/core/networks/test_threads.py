@@ -17,7 +17,8 @@ from napari_dropsembles.core.networks.threads import THREADS_ENV, WORKERS_ENV, c
 
 PROBE = (
     "import json, os, sys, napari_dropsembles; e = os.environ; "
-    "print(json.dumps([e.get('OMP_WAIT_POLICY'), e.get('OPENBLAS_NUM_THREADS'), 'torch' in sys.modules]))"
+    "print(json.dumps([e.get('OMP_WAIT_POLICY'), e.get('GOMP_SPINCOUNT'), e.get('OPENBLAS_NUM_THREADS'), "
+    "'torch' in sys.modules]))"
 )
 
 
@@ -29,10 +30,10 @@ def _probe(**env: str) -> list:
     return json.loads(done.stdout)
 
 
-def test_importing_the_package_makes_idle_threads_sleep_and_openblas_single_before_torch_and_numpy_load():
-    assert _probe() == ["PASSIVE", "1", False]
-    assert _probe(OMP_WAIT_POLICY="ACTIVE", OPENBLAS_NUM_THREADS="2") == ["ACTIVE", "2", False]  # the user's choice
-    assert _probe(GOMP_SPINCOUNT="1000") == [None, "1", False]
+def test_importing_the_package_makes_idle_threads_spin_briefly_and_openblas_single_before_torch_and_numpy_load():
+    assert _probe() == [None, "10000", "1", False]
+    assert _probe(OMP_WAIT_POLICY="ACTIVE", OPENBLAS_NUM_THREADS="2") == ["ACTIVE", None, "2", False]  # the user's
+    assert _probe(GOMP_SPINCOUNT="1000") == [None, "1000", "1", False]
     environ: dict[str, str] = {}
     assert threads.prepare_threads(environ) is False and environ == {}  # torch and numpy are loaded here: too late
 
