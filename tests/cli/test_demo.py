@@ -29,9 +29,12 @@ def test_demo_writes_outputs_scored_beside_every_baseline(tmp_path):
 def test_mri_demo_reconstructs_every_vertebra_of_the_real_mri(tmp_path):
     out = tmp_path / "mri"
     assert main(["demo", "--sample", "mri", "--out", str(out), "--device", "cpu", "--quiet"]) == 0
-    report = json.loads((out / "report.json").read_text())
-    names = {s["name"] for s in report["structures"].values()} if isinstance(report["structures"], dict) else {
-        s["name"] for s in report["structures"]
-    }
-    assert {"T11", "T12", "L1", "L2", "L3", "L4", "L5", "sacrum"} <= names
+    index = json.loads((out / "structures.json").read_text())  # one structure per label
+    assert index["labels"] == [18, 19, 20, 21, 22, 23, 24, 26]  # T11-L5 and the sacrum (VerSe numbers)
+    for folder in index["folders"].values():
+        report = json.loads((out / folder / "report.json").read_text())
+        assert report["unusual_shape"] is not None and report["calibration"]["answered_by"] in (
+            "calibrated network",
+            "interpolation",
+        )
     assert (out / "mesh.ply").stat().st_size > 10_000

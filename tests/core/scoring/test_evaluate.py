@@ -19,7 +19,7 @@ def test_adaptive_scoring_equals_dense_scoring(ellipsoid_prior):
     fitted = reconstruct(observation, ellipsoid_prior, config).fitted
     dense = run_to_end(compare_steps(fitted, observation, truth, adaptive=False))
     adaptive = run_to_end(compare_steps(fitted, observation, truth))
-    assert set(dense) == set(adaptive) == {"dropsembles", "nearest", "linear", "shape_based"}
+    assert set(dense) == set(adaptive) == {"dropsembles", "nearest", "linear", "shape_based", "contour"}
     for name, value in dense["dropsembles"].items():
         assert adaptive["dropsembles"][name] == pytest.approx(value, abs=2e-4), name
     assert adaptive["shape_based"] == dense["shape_based"]
