@@ -63,6 +63,7 @@ def load_priors(source: PriorSource = None) -> Prior:
     if len(priors) == 1:
         return first
     models = [m for p in priors for m in p.models]
+    # no calibration head nor shape reference: each was learned for one prior's own network
     return Prior(config=first.config, models=models, training=first.training, path=first.path)
 
 
