@@ -56,13 +56,20 @@ LEFT_OUT = {("ts", "T12")}  # seen by the network every fold started from (bench
 METHODS = ("ours", "network", "interp_head", "interp_logistic", "shape_based", "linear", "nearest", "contour")
 
 
-def interpolation_only(result, truth: Volume, head: str) -> np.ndarray:
-    """A calibration head that reads no network (``logistic`` or ``interpolation``) on the truth's grid."""
+def truth_grid_features(result, truth: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """(which of the truth's voxels lie in the case's box [V], the calibration features there [n, F])."""
     fitted = result.fitted
     points = fitted.frame.to_normalised(truth.voxel_centres_mm())
     inside = np.all(np.abs(points) < 0.5, axis=1)
-    out = np.zeros(len(points), dtype=np.float32)
-    out[inside] = fitted.calibration.without_network(fitted.point_inputs.calibration_features(points[inside]), head)
+    return inside, fitted.point_inputs.calibration_features(points[inside])
+
+
+def interpolation_only(result, truth: Volume, features: tuple[np.ndarray, np.ndarray], head: str) -> np.ndarray:
+    """A calibration head that reads no network (``logistic`` or ``interpolation``) on the truth's grid, from
+    :func:`truth_grid_features` (computed once per case)."""
+    inside, interpolation = features
+    out = np.zeros(inside.shape, dtype=np.float32)
+    out[inside] = result.fitted.calibration.without_network(interpolation, head)
     return out.reshape(truth.shape)
 
 
@@ -85,8 +92,9 @@ def score_case(prior: Prior, truth: Volume, observation: Volume, config: Reconst
     network = uncalibrated(result, truth)
     scores["network"] = score_maps(network, truth, result.fitted.members, config.threshold)
     if result.fitted.calibration is not None:  # the calibrators of interpolation features alone, every case
+        features = truth_grid_features(result, truth)
         for name, head in (("interp_logistic", "logistic"), ("interp_head", "interpolation")):
-            probability = interpolation_only(result, truth, head)
+            probability = interpolation_only(result, truth, features, head)
             scores[name] = evaluate_probabilities(probability, gt, truth.spacing)
     scores.update(score_baselines(observation, truth, config.threshold, reading=result.reading))
     unusual = result.unusual_shape or {}

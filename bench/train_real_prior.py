@@ -35,15 +35,15 @@ import torch
 from napari_dropsembles.core.config.configs import PretrainConfig, ReconstructionConfig
 from napari_dropsembles.core.config.progress import drive
 from napari_dropsembles.core.fitting.calibrate import CalibrationRows, case_rows, fit_calibration
-from napari_dropsembles.core.fitting.pretrain import make_training_sample, training_shapes
+from napari_dropsembles.core.fitting.pretrain import make_training_sample, shape_reference_from, training_shapes
 from napari_dropsembles.core.jobs.pretrain_api import PretrainRequest, pretrain_job_steps
 from napari_dropsembles.core.jobs.reconstruct import reconstruct
 from napari_dropsembles.core.networks.calibration import INTERPOLATION_FEATURES
 from napari_dropsembles.core.networks.checkpoint import Prior, load_prior, save_prior
-from napari_dropsembles.core.slices.unusual_shape import ShapeReference
 
 from .real_data import DENSE_SUBJECTS, FOLDS, check_real_data, fold_of, slice_factor, training_files, vertebrae
 from .real_data import observe as thin
+from .real_quality import truth_grid_features
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_TUNE = dict(
@@ -91,10 +91,9 @@ def with_shape_reference(
     descriptors = [
         make_training_sample(shape, rng, prior.config, config)[3] for shape in shapes for _ in range(REFERENCE_SAMPLES)
     ]
-    vectors = [v for v in descriptors if np.isfinite(v).all()]
-    prior.shape_reference = ShapeReference.fit(
-        vectors, {"observations": len(vectors), "shapes": f"{len(shapes)} masks"}
-    )
+    prior.shape_reference = shape_reference_from([np.array(descriptors)], shapes)
+    if prior.shape_reference is None:
+        raise SystemExit(f"{len(shapes)} masks give too few observations for an unusual-shape reference")
     return prior
 
 
@@ -143,10 +142,7 @@ def _arrays(rows: CalibrationRows) -> dict[str, np.ndarray]:
 def case_rows_of(observation, truth, prior, rng, name: str) -> CalibrationRows:
     """One thick observation reconstructed on the mask's grid: its calibration rows."""
     result = reconstruct(observation, prior, ROW_CONFIG, target=(truth.affine, truth.shape))
-    fitted = result.fitted
-    points = fitted.frame.to_normalised(truth.voxel_centres_mm())
-    inside = np.all(np.abs(points) < 0.5, axis=1)
-    interpolation = fitted.point_inputs.calibration_features(points[inside])
+    inside, interpolation = truth_grid_features(result, truth)
     members = result.maps.members.reshape(result.maps.members.shape[0], -1)[:, inside].astype(np.float32)
     mean = members.mean(0)
     near = (np.abs(interpolation[:, INTERPOLATION_FEATURES.index("interpolated")]) < 3) | (

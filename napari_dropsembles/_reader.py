@@ -22,6 +22,7 @@ from .core.io.formats import VOLUME_FORMAT_SUFFIXES, can_read, format_suffix, is
 from .core.io.nifti_labels import nifti_label_table
 from .core.io.segments import SegmentedVolume
 from .core.io.volumes import VOLUME_SUFFIXES, read_volume
+from .core.volumes.frame import in_world_axis_order
 from .core.volumes.input_kind import is_label_map
 from .core.volumes.label_tables import describe_labels
 from .core.volumes.volume import Volume
@@ -37,7 +38,7 @@ def looks_like_labels(data: np.ndarray) -> bool:
 def volume_to_layer_data(volume: Volume, name: str) -> tuple:
     """(data, kwargs, layer_type) for napari; labels stay integers, frames from the affine (voxel axes put in
     world order first, so that napari draws a sagittal or LPS-stored file as the axis-aligned grid it is)."""
-    volume = volume.in_world_axis_order()
+    volume = in_world_axis_order(volume)
     data = np.asarray(volume.data)
     kwargs = {"name": name, "metadata": {"affine": volume.affine.tolist(), "source_path": None}}
     kwargs.update(volume.napari_frame())

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..core.config.errors import InputError
 from ..core.results.structures import StructureSet, combine_structures, concatenate_meshes
+from ..core.volumes.frame import in_world_axis_order
 from ..core.volumes.mesh import Mesh
 from ..core.volumes.volume import Volume
 
@@ -371,7 +372,7 @@ def mask_preview_layer_data(layer, level: float) -> LayerDataTuple:
 def preview_layer_data(preview: Volume, frame: InputFrame, threshold: float) -> LayerDataTuple:
     """The coarse live mean occupancy shown while fine-tuning (removed when the run ends). Its grid follows
     the fit's frame (a thick axis last): put back in world axis order, which napari can draw."""
-    preview = preview.in_world_axis_order()
+    preview = in_world_axis_order(preview)
     return (
         np.asarray(preview.data, np.float32),
         {

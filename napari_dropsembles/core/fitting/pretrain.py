@@ -362,9 +362,8 @@ def pretrain_steps(
     }
     if init is not None:
         training["started_from"] = init.name
-    return Prior(
-        config=model_config, models=trained, training=training, shape_reference=_shape_reference(descriptors, shapes)
-    )
+    reference = shape_reference_from(descriptors, shapes)
+    return Prior(config=model_config, models=trained, training=training, shape_reference=reference)
 
 
 def _describe_masks(shapes: Sequence[Shape]) -> str:
@@ -376,8 +375,9 @@ def _describe_masks(shapes: Sequence[Shape]) -> str:
     )
 
 
-def _shape_reference(descriptors: list[np.ndarray], shapes: Sequence[Shape] | None) -> ShapeReference | None:
-    """The unusual-shape reference of the observations a prior trained on (None: too few to describe)."""
+def shape_reference_from(descriptors: list[np.ndarray], shapes: Sequence[Shape] | None) -> ShapeReference | None:
+    """The unusual-shape reference of the observations a prior trained on (descriptor arrays [N, D] of
+    :func:`make_training_sample`; None: too few to describe)."""
     vectors = [v for v in np.concatenate(descriptors) if np.isfinite(v).all()]
     source = "procedural vertebrae" if not shapes else f"{len(shapes)} mask shapes"
     try:

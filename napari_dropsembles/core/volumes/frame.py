@@ -127,3 +127,25 @@ def canonical_order(rotation: np.ndarray, thick: int | None = None) -> tuple[lis
         moved = [w for w in range(3) if order[w] != thick] + [order.index(thick)]
         order, signs = [order[w] for w in moved], signs[moved]
     return order, signs
+
+
+def in_world_axis_order(volume: Volume, tolerance: float = 1e-3) -> Volume:
+    """The same grid stored with its voxel axes along +x, +y, +z (data transposed and flipped) when its
+    axes are the world axes in another order or direction (a sagittal MRI stored slice-first, an LPS
+    file); else itself. napari slices such a permuted affine as an oblique one and fails to draw it."""
+    rotation = volume.affine[:3, :3] / volume.spacing
+    order, signs = canonical_order(rotation)  # the voxel axis along each world axis, and its direction
+    if not np.allclose(np.abs(rotation[np.arange(3), order]), 1, atol=tolerance):
+        return volume  # an oblique grid: no voxel axis lies along a world axis
+    if order == [0, 1, 2] and (signs > 0).all():
+        return volume
+    data = np.transpose(np.asarray(volume.data), order)
+    data = np.flip(data, axis=tuple(int(w) for w in np.flatnonzero(signs < 0)))
+    to_old = np.zeros((4, 4))  # new voxel index -> old voxel index
+    to_old[3, 3] = 1.0
+    for world, voxel in enumerate(order):
+        to_old[voxel, world] = signs[world]
+        to_old[voxel, 3] = 0.0 if signs[world] > 0 else volume.shape[voxel] - 1
+    affine = volume.affine @ to_old
+    affine[:3, :3] = np.diag(np.diag(affine[:3, :3]))  # exact: the tolerance's off-diagonal crumbs dropped
+    return Volume(np.ascontiguousarray(data), affine)

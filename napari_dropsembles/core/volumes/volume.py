@@ -82,28 +82,6 @@ class Volume:
         rot = self.affine[:3, :3]
         return bool(np.allclose(rot, np.diag(np.diag(rot)), atol=1e-6) and np.all(np.diag(rot) > 0))
 
-    def in_world_axis_order(self, tolerance: float = 1e-3) -> Volume:
-        """The same grid stored with its voxel axes along +x, +y, +z (data transposed and flipped) when its
-        axes are the world axes in another order or direction (a sagittal MRI stored slice-first, an LPS
-        file); else itself. napari slices such a permuted affine as an oblique one and fails to draw it."""
-        rotation = self.affine[:3, :3] / self.spacing
-        order = np.argmax(np.abs(rotation), axis=1)  # the voxel axis along each world axis
-        if sorted(order) != [0, 1, 2] or not np.allclose(np.abs(rotation[np.arange(3), order]), 1, atol=tolerance):
-            return self
-        signs = np.sign(rotation[np.arange(3), order])
-        if (order == np.arange(3)).all() and (signs > 0).all():
-            return self
-        data = np.transpose(np.asarray(self.data), order)
-        data = np.flip(data, axis=tuple(int(w) for w in np.flatnonzero(signs < 0)))
-        to_old = np.zeros((4, 4))  # new voxel index -> old voxel index
-        to_old[3, 3] = 1.0
-        for world, voxel in enumerate(order):
-            to_old[voxel, world] = signs[world]
-            to_old[voxel, 3] = 0.0 if signs[world] > 0 else self.shape[voxel] - 1
-        affine = self.affine @ to_old
-        affine[:3, :3] = np.diag(np.diag(affine[:3, :3]))  # exact: the tolerance's off-diagonal crumbs dropped
-        return Volume(np.ascontiguousarray(data), affine)
-
     def napari_frame(self) -> dict:
         """Keyword arguments that place this grid in napari's world (mm)."""
         if self.is_axis_aligned:
