@@ -99,3 +99,30 @@ def test_the_demo_run_from_a_script_writes_outputs_and_says_how_to_view_them(mon
     out = capsys.readouterr().out
     assert "no napari window (not run from a terminal)" in out and "demo --view" in out
     assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--view"]) == 0 and opened  # asked for: opens
+
+
+def test_a_saved_result_stored_slice_first_opens_in_world_axis_order(viewer, tmp_path):
+    """A sagittal file stored with its slice axis first and axes flipped (the MRI sample's layout): napari
+    aborted drawing such a permuted affine ("Singular matrix"); the layers get it in world axis order."""
+    from napari_dropsembles._gui.layers import role_of
+    from napari_dropsembles.core.volumes.volume import Volume
+
+    fine = sphere_volume(spacing_mm=(1.0, 1.0, 1.0))
+    permuted = np.array([[0, 0, -1.0, 30.0], [1.0, 0, 0, -5.0], [0, -1.0, 0, 40.0], [0, 0, 0, 1.0]])
+    stored = Volume(np.transpose(np.asarray(fine.data), (1, 2, 0)), permuted)  # data index (y, z, x)
+    mean = stored.with_data(np.clip(np.asarray(stored.data) * 0.9 + 0.05, 0, 1).astype(np.float32))
+    variance = stored.with_data((mean.data * (1 - mean.data) * 0.1).astype(np.float32))
+    out = tmp_path / "result"
+    write_volume(out / "mean.nii.gz", mean)
+    write_volume(out / "variance.nii.gz", variance)
+    write_mesh(out / "mesh.ply", extract_mesh(mean, 0.5, variance))
+    (out / "report.json").write_text(json.dumps({"config": {"threshold": 0.5}}))
+    write_volume(tmp_path / "observation.nii.gz", stored.with_data(np.asarray(stored.data, np.uint8)), dtype=np.uint8)
+
+    show_result_folder(out, tmp_path / "observation.nii.gz", None, viewer=viewer, run=False)
+    roles = {role_of(layer): layer for layer in viewer.layers if role_of(layer)}
+    for layer in [roles["mean"], roles["variance"], roles["thresholded"], viewer.layers["observation"]]:
+        assert np.allclose(layer.affine.affine_matrix, np.eye(4)) and (np.asarray(layer.scale) > 0).all()
+    centre = np.argwhere(np.asarray(roles["mean"].data) > 0.5).mean(0)
+    world = centre * np.asarray(roles["mean"].scale) + np.asarray(roles["mean"].translate)
+    assert np.allclose(world, stored.index_to_world(np.argwhere(np.asarray(mean.data) > 0.5).mean(0)[None])[0])

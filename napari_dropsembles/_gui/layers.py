@@ -297,9 +297,14 @@ def maps_to_layer_data(
 ) -> list[LayerDataTuple]:
     """Layer data of a mean / variance pair and its mesh (also used for saved result folders); with
     ``structure_meshes`` (label -> Mesh), one mesh layer per structure instead of ``mesh``."""
+    # maps of a run from the dock lie on the input layer's grid, already in world axis order; a saved folder's
+    # lie on the file's own grid, which may be stored in another order (napari cannot draw that)
+    mean, variance = in_world_axis_order(mean), in_world_axis_order(variance)
     limits = variance_limits(variance, mesh)
     if thresholded is None:
         thresholded = mean.with_data((np.asarray(mean.data) >= threshold).astype(np.uint8))
+    else:
+        thresholded = in_world_axis_order(thresholded)
     extra = {"threshold": threshold, **extra}
     if structure_meshes:
         surfaces = [

@@ -150,8 +150,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         show_result_folder(args.out, sample["observation"], sample["ground_truth"], widget=True)
     elif not args.quiet:
         why = reason or ("--no-view" if args.view is False else "not run from a terminal")
+        again = " --sample mri" if args.sample == "mri" else ""
         print(
-            f"no napari window ({why}); to look at the result on a desktop: napari-dropsembles demo --view, "
+            f"no napari window ({why}); to look at the result on a desktop: napari-dropsembles demo{again} --view, "
             f"or open {args.out}/mean.nii.gz, variance.nii.gz and mesh.ply in napari"
         )
     return code
